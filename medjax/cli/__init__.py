@@ -1,0 +1,59 @@
+"""The ``medjax`` command. Each subcommand lives in its own module and is a thin call into the packages.
+
+A top-level subcommand ``X`` is the module ``medjax.cli.cmd_X`` exposing ``register(subparsers)``; a benchmark
+``medjax bench Y`` is ``medjax.cli.bench_Y`` exposing the same. ``register`` adds a parser whose default
+``func(args) -> int`` runs the command. Heavy imports (jax, grain) stay inside ``func`` so ``--help`` is fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+
+from medjax import __version__
+
+
+def _modules(prefix: str) -> list[str]:
+    import medjax.cli as pkg
+
+    return sorted(m.name for m in pkgutil.iter_modules(pkg.__path__) if m.name.startswith(prefix))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="medjax",
+        description="medjax: MAE pretraining and fine-tuning of 2D/3D Vision Transformers on CT and MRI, in JAX.",
+    )
+    parser.add_argument("--version", action="version", version=f"medjax {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in _modules("cmd_"):
+        importlib.import_module(f"medjax.cli.{name}").register(sub)
+    bench = sub.add_parser("bench", help="benchmarks that print one JSON line (and a ratio against a peer)")
+    bench_sub = bench.add_subparsers(dest="bench_command", metavar="BENCH")
+    for name in _modules("bench_"):
+        importlib.import_module(f"medjax.cli.{name}").register(bench_sub)
+    bench.set_defaults(func=lambda a: (bench.print_help(), 2)[1])
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "func"):
+        parser.print_help()
+        return 2
+    from medjax.errors import MedjaxError
+
+    try:
+        return int(args.func(args) or 0)
+    except MedjaxError as e:
+        print(f"medjax: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""medjax.models"""
