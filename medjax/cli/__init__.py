@@ -1,7 +1,8 @@
 """The ``medjax`` command. Each subcommand lives in its own module and is a thin call into the packages.
 
-A top-level subcommand ``X`` is the module ``medjax.cli.cmd_X`` exposing ``register(subparsers)``; a benchmark
-``medjax bench Y`` is ``medjax.cli.bench_Y`` exposing the same. ``register`` adds a parser whose default
+A top-level subcommand ``X`` is the module ``medjax.cli.cmd_X`` exposing ``register(subparsers)``; a grouped
+command ``medjax GROUP Y`` (groups: ``bench``, ``data``, ``checkpoint``) is the module ``medjax.cli.GROUP_Y``
+exposing the same. ``register`` adds a parser whose default
 ``func(args) -> int`` runs the command. Heavy imports (jax, grain) stay inside ``func`` so ``--help`` is fast.
 """
 
@@ -30,12 +31,28 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in _modules("cmd_"):
         importlib.import_module(f"medjax.cli.{name}").register(sub)
-    bench = sub.add_parser("bench", help="benchmarks that print one JSON line (and a ratio against a peer)")
-    bench_sub = bench.add_subparsers(dest="bench_command", metavar="BENCH")
-    for name in _modules("bench_"):
-        importlib.import_module(f"medjax.cli.{name}").register(bench_sub)
-    bench.set_defaults(func=lambda a: (bench.print_help(), 2)[1])
+    for group, help_ in GROUPS.items():
+        gp = sub.add_parser(group, help=help_, description=help_)
+        gsub = gp.add_subparsers(dest=f"{group}_command", metavar="SUBCOMMAND")
+        for name in _modules(f"{group}_"):
+            importlib.import_module(f"medjax.cli.{name}").register(gsub)
+        gp.set_defaults(func=_print_help(gp))
     return parser
+
+
+GROUPS = {
+    "data": "build, check and prepare datasets (NIfTI, DICOM, MSD folders, manifests)",
+    "checkpoint": "inspect training checkpoints",
+    "bench": "benchmarks that print one JSON line (and a ratio against a peer when installed)",
+}
+
+
+def _print_help(parser):
+    def run(args):
+        parser.print_help()
+        return 2
+
+    return run
 
 
 def main(argv: list[str] | None = None) -> int:
