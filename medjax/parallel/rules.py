@@ -1,0 +1,172 @@
+"""Logical axis names -> mesh axes, and the active (mesh, rules) context that model code consults.
+
+Models name axes logically (``("embed", "mlp")`` on a kernel, ``("batch", "length", "embed")`` on activations);
+a rules table maps each logical name to a tuple of mesh axes (``()``: replicated). The table comes from
+``MeshConfig.rules``; the mesh sizes decide the strategy, so one table serves DP, FSDP and TP alike (an axis of
+size 1 shards nothing). The presets below spell the strategies out for callers that want them explicitly.
+
+Mechanism for activation constraints: :func:`use_mesh` activates the mesh (``jax.set_mesh``), flax's logical
+axis rules (for ``nnx.with_partitioning`` parameters created eagerly) and a module-level context variable read
+by :func:`constrain`. Model code calls ``constrain(x, ("batch", "length", "embed"))``; outside ``use_mesh`` it
+returns ``x`` unchanged, inside it adds ``jax.lax.with_sharding_constraint``. The context is read at trace time,
+so ``jax.jit`` must trace the function inside ``use_mesh``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import math
+from collections.abc import Iterable, Sequence
+
+from medjax.config.schema import MeshConfig
+from medjax.errors import ConfigError
+from medjax.parallel.mesh import AXES
+
+Rules = tuple[tuple[str, tuple[str, ...]], ...]
+
+_COMMON: Rules = (("length", ()), ("kv", ()), ("vocab", ()), ("patch", ()))
+RULES_DP: Rules = (("batch", ("data", "fsdp")), ("embed", ()), ("mlp", ()), ("heads", ())) + _COMMON
+RULES_FSDP: Rules = (("batch", ("data", "fsdp")), ("embed", ("fsdp",)), ("mlp", ()), ("heads", ())) + _COMMON
+RULES_TP: Rules = (
+    ("batch", ("data", "fsdp")),
+    ("embed", ("fsdp",)),
+    ("mlp", ("tensor",)),
+    ("heads", ("tensor",)),
+) + _COMMON
+_PRESETS = {"dp": RULES_DP, "fsdp": RULES_FSDP, "tp": RULES_TP}
+
+
+def rules_for(strategy: str) -> Rules:
+    """Rules preset for ``"dp"``, ``"fsdp"`` or ``"tp"`` (``"tp"`` also shards ``embed`` over ``fsdp``)."""
+    try:
+        return _PRESETS[strategy]
+    except KeyError:
+        raise ConfigError(f"unknown parallel strategy {strategy!r}; use one of {sorted(_PRESETS)}") from None
+
+
+def mesh_config_for(strategy: str, *, tensor: int = 1) -> MeshConfig:
+    """A MeshConfig selecting ``strategy`` on all devices: sizes plus rules.
+
+    ``"dp"``: data=-1; ``"fsdp"``: fsdp=-1 (data=1); ``"tp"``: tensor=``tensor``, data=-1. On the command line
+    the same is ``--set mesh.data=1 mesh.fsdp=-1`` (the default rules already cover every strategy).
+    """
+    rules = rules_for(strategy)
+    if strategy == "dp":
+        return MeshConfig(data=-1, fsdp=1, tensor=1, rules=rules)
+    if strategy == "fsdp":
+        return MeshConfig(data=1, fsdp=-1, tensor=1, rules=rules)
+    return MeshConfig(data=-1, fsdp=1, tensor=tensor, rules=rules)
+
+
+def logical_rules(mesh_cfg: MeshConfig) -> Rules:
+    """Validated rules from ``mesh_cfg.rules``: ``((logical, (mesh_axis, ...)), ...)``.
+
+    A bare string mesh axis is accepted and wrapped into a 1-tuple; mesh axes must be among
+    ``("data", "fsdp", "tensor")``; raises ConfigError naming ``mesh.rules`` otherwise.
+    """
+    return normalize_rules(mesh_cfg.rules, where="mesh.rules")
+
+
+def normalize_rules(rules: Iterable, *, where: str = "rules") -> Rules:
+    out: list[tuple[str, tuple[str, ...]]] = []
+    seen: set[str] = set()
+    for entry in rules:
+        try:
+            name, axes = entry
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: entry {entry!r} is not a (logical_name, mesh_axes) pair") from None
+        if axes is None:
+            axes = ()
+        elif isinstance(axes, str):
+            axes = (axes,)
+        axes = tuple(axes)
+        bad = [a for a in axes if a not in AXES]
+        if bad:
+            raise ConfigError(f"{where}: logical axis {name!r} maps to unknown mesh axes {bad}; use {AXES}")
+        if name in seen:
+            raise ConfigError(f"{where}: logical axis {name!r} appears twice; keep one rule per name")
+        seen.add(name)
+        out.append((str(name), axes))
+    return tuple(out)
+
+
+def logical_to_spec(names: Sequence[str | None], rules: Rules, *, shape: Sequence[int] | None = None, mesh=None):
+    """Map logical axis names (one per array dim, ``None``: replicated) to a ``PartitionSpec``.
+
+    A mesh axis already used by an earlier dim is dropped (an axis can split only one dim). With ``shape`` and
+    ``mesh`` given, trailing mesh axes are dropped from a dim until its size divides their product, so e.g. a
+    3-class bias stays replicated instead of failing. Unknown logical names raise ConfigError.
+    """
+    from jax.sharding import PartitionSpec
+
+    table = dict(rules)
+    if shape is not None and len(shape) != len(names):
+        raise ConfigError(f"logical axes {tuple(names)} name {len(names)} dims but the array has shape {tuple(shape)}")
+    used: set[str] = set()
+    spec: list = []
+    for i, name in enumerate(names):
+        if name is None:
+            spec.append(None)
+            continue
+        if name not in table:
+            raise ConfigError(
+                f"logical axis {name!r} has no rule in mesh.rules {tuple(table)}; add (\"{name}\", (...)) to mesh.rules"
+            )
+        axes = [a for a in table[name] if a not in used]
+        if shape is not None and mesh is not None:
+            while axes and shape[i] % math.prod(mesh.shape[a] for a in axes):
+                axes.pop()
+        used.update(axes)
+        spec.append(None if not axes else axes[0] if len(axes) == 1 else tuple(axes))
+    return PartitionSpec(*spec)
+
+
+def flax_rules(rules: Rules) -> tuple[tuple[str, str | tuple[str, ...] | None], ...]:
+    """``rules`` in the form flax's ``nnx.logical_axis_rules`` expects (``None``/str/tuple values)."""
+    return tuple((n, None if not a else a[0] if len(a) == 1 else tuple(a)) for n, a in rules)
+
+
+_ACTIVE: contextvars.ContextVar = contextvars.ContextVar("medjax_mesh_rules", default=None)
+
+
+def active() -> tuple | None:
+    """The ``(mesh, rules)`` activated by :func:`use_mesh`, or None outside it."""
+    return _ACTIVE.get()
+
+
+@contextlib.contextmanager
+def use_mesh(mesh, rules: Rules | Iterable):
+    """Activate ``mesh`` and logical ``rules`` for model creation, tracing and :func:`constrain`.
+
+    Inside: ``jax.set_mesh(mesh)`` is in effect, flax's logical axis rules are set (so
+    ``nnx.with_partitioning(init, ("embed", "mlp"))`` parameters are created sharded), and :func:`constrain`
+    emits sharding constraints.
+    """
+    import jax
+    from flax import nnx
+
+    rules = normalize_rules(rules)
+    token = _ACTIVE.set((mesh, rules))
+    try:
+        with jax.set_mesh(mesh), nnx.logical_axis_rules(flax_rules(rules)):
+            yield mesh
+    finally:
+        _ACTIVE.reset(token)
+
+
+def constrain(x, names: Sequence[str | None]):
+    """Constrain array ``x`` (any shape) to the sharding its logical axis ``names`` map to.
+
+    Identity outside :func:`use_mesh`. Inside, ``jax.lax.with_sharding_constraint`` with the spec from
+    :func:`logical_to_spec` (dims that do not divide their mesh axes stay replicated).
+    """
+    ctx = _ACTIVE.get()
+    if ctx is None:
+        return x
+    import jax
+    from jax.sharding import NamedSharding
+
+    mesh, rules = ctx
+    spec = logical_to_spec(names, rules, shape=x.shape, mesh=mesh)
+    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
