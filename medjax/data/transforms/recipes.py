@@ -1,0 +1,229 @@
+"""The preprocessing and augmentation recipes used by the grain pipeline and the prepared cache.
+
+- :func:`preprocess` is deterministic (cacheable): reorient, resample, crop to foreground, normalise
+  intensities, pad to at least the crop size.
+- :func:`random_crops` draws ``cfg.samples_per_volume`` fixed-size crops (2D or 3D) from a preprocessed
+  sample, reading only the crop windows of memory-mapped arrays, then augments the small crops.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from medjax.data.transforms import augment, dictionary as d
+from medjax.data.transforms.crops import balanced_crop_slices, foreground_voxels, random_crop_slices
+from medjax.data.transforms.intensity import ct_window, zscore_foreground
+from medjax.data.transforms.spatial import (
+    broadcast_tuple,
+    check_affine,
+    flip,
+    pad_amounts,
+    parse_orientation,
+    rot90,
+    spatial_ndim,
+)
+from medjax.errors import ConfigError, DataError
+
+_INT16 = np.iinfo(np.int16)
+
+
+# ----------------------------------------------------------------------------------------------- config helpers
+def _check_cfg(cfg) -> None:
+    if cfg.spatial_dims not in (2, 3):
+        raise ConfigError(f"data.spatial_dims={cfg.spatial_dims!r}: use 2 (slices) or 3 (volumes)")
+    if cfg.slice_axis not in (0, 1, 2):
+        raise ConfigError(f"data.slice_axis={cfg.slice_axis!r}: use 0, 1 or 2 (a volume axis after reorientation)")
+    if len(cfg.crop_size) not in (1, cfg.spatial_dims):
+        raise ConfigError(
+            f"data.crop_size={tuple(cfg.crop_size)!r}: give 1 or {cfg.spatial_dims} entries "
+            f"(data.spatial_dims={cfg.spatial_dims})"
+        )
+    if cfg.intensity not in ("ct", "mri", "none"):
+        raise ConfigError(f"data.intensity={cfg.intensity!r}: use 'ct', 'mri' or 'none'")
+    try:
+        parse_orientation(cfg.orientation)
+    except ValueError as e:
+        raise ConfigError(f"data.orientation: {e}") from None
+
+
+def _in_plane_axes(cfg) -> tuple[int, int]:
+    """The two volume axes that form a 2D slice (those other than ``cfg.slice_axis``)."""
+    a, b = (ax for ax in range(3) if ax != cfg.slice_axis)
+    return a, b
+
+
+def crop_window(cfg) -> tuple[int, int, int]:
+    """The 3D voxel window a crop is read from: ``crop_size`` for 3D; for 2D, 1 along ``slice_axis``."""
+    if cfg.spatial_dims == 3:
+        return tuple(int(c) for c in broadcast_tuple(cfg.crop_size, 3, "data.crop_size"))
+    c2 = broadcast_tuple(cfg.crop_size, 2, "data.crop_size")
+    window = [1, 1, 1]
+    for ax, c in zip(_in_plane_axes(cfg), c2):
+        window[ax] = int(c)
+    return tuple(window)
+
+
+def _volume_spacing(cfg, current: tuple[float, ...]) -> tuple[float, float, float]:
+    """Target mm per volume axis: 1 entry broadcasts; 3 entries as is; 2 entries (spatial_dims=2) set the in-plane
+    axes and keep the slice axis' native spacing."""
+    sp = tuple(float(s) for s in cfg.spacing)
+    if len(sp) == 1:
+        return sp * 3
+    if len(sp) == 3:
+        return sp
+    if len(sp) == 2 and cfg.spatial_dims == 2:
+        out = list(current)
+        for ax, s in zip(_in_plane_axes(cfg), sp):
+            out[ax] = s
+        return tuple(out)
+    raise ConfigError(f"data.spacing={sp!r}: give (), 1 or 3 entries in mm (2 for in-plane when spatial_dims=2)")
+
+
+def _sample_name(sample: dict) -> str:
+    return str(sample.get("id") or "<sample>")
+
+
+# ----------------------------------------------------------------------------------------------- preprocess
+def preprocess(sample: dict, cfg) -> dict:
+    """Deterministic preprocessing of one volume sample.
+
+    Args:
+      sample: ``{"image": (X, Y, Z, C) or (X, Y, Z), "affine": (4, 4) voxel->world RAS+ mm, "id": str,
+        optional "label": (X, Y, Z) int, "class", "boxes", ...}``.
+      cfg: a :class:`medjax.config.schema.DataConfig`.
+
+    Returns:
+      A new dict: ``"image"`` float32 ``(X', Y', Z', C)`` reoriented to ``cfg.orientation``, resampled to
+      ``cfg.spacing`` mm (unless ``()``), cropped to the foreground (raw voxels ``> 0``, or HU above the
+      window's lower bound for ``"ct"``) if ``cfg.crop_foreground``, intensity-normalised per
+      ``cfg.intensity`` and zero-padded to at least ``cfg.crop_size`` (for ``spatial_dims=2``: in-plane axes
+      only); ``"label"`` int16 ``(X', Y', Z')`` through the same geometry (nearest); ``"affine"`` exact for
+      the result; ``"orig_affine"``/``"orig_shape"`` the input geometry. Other keys pass through (``"boxes"``
+      are world mm and need no change).
+    """
+    _check_cfg(cfg)
+    name = _sample_name(sample)
+    image = np.asarray(sample["image"])
+    if image.ndim == 3:
+        image = image[..., None]
+    if image.ndim != 4:
+        raise DataError(name, f"image must be a volume (X, Y, Z[, C]); got shape {image.shape}")
+    label = sample.get("label")
+    if label is not None:
+        label = np.asarray(label)
+        if label.shape != image.shape[:3]:
+            raise DataError(name, f"label shape {label.shape} differs from image shape {image.shape[:3]}")
+    affine = check_affine(sample["affine"])
+
+    s = {"image": image, "label": label, "affine": affine}
+    s = d.reorient_d(s, cfg.orientation)
+    if cfg.spacing:
+        current = tuple(np.sqrt((s["affine"][:3, :3] ** 2).sum(axis=0)))
+        s = d.resample_d(s, _volume_spacing(cfg, current))
+    if cfg.crop_foreground:
+        threshold = float(cfg.ct_window[0]) if cfg.intensity == "ct" else 0.0
+        s = d.crop_foreground_d(s, threshold=threshold)
+    if cfg.intensity == "ct":
+        s["image"] = ct_window(s["image"], *cfg.ct_window)
+    elif cfg.intensity == "mri":
+        s["image"] = zscore_foreground(s["image"], has_channels=True)
+    else:
+        s["image"] = np.asarray(s["image"], dtype=np.float32)
+    s = d.pad_to_d(s, crop_window(cfg), value=0)  # 2D: the window is 1 along slice_axis, so in-plane only
+
+    out = dict(sample)
+    out["image"] = np.ascontiguousarray(s["image"], dtype=np.float32)
+    if label is not None:
+        out["label"] = _to_int16(s["label"], name)
+    out["affine"] = s["affine"]
+    out["orig_affine"] = affine.copy()
+    out["orig_shape"] = tuple(int(v) for v in image.shape[:3])
+    return out
+
+
+def _to_int16(label: np.ndarray, name: str) -> np.ndarray:
+    lab = np.asarray(label)
+    if lab.dtype.kind == "f":
+        lab = np.rint(lab)
+    if lab.size and (lab.min() < _INT16.min or lab.max() > _INT16.max):
+        raise DataError(name, f"label values {lab.min()}..{lab.max()} do not fit int16")
+    return np.ascontiguousarray(lab, dtype=np.int16)
+
+
+# ----------------------------------------------------------------------------------------------- random crops
+def random_crops(sample: dict, cfg, rng: np.random.Generator) -> list[dict]:
+    """``cfg.samples_per_volume`` random crops of ``cfg.crop_size`` voxels from a preprocessed sample.
+
+    Args:
+      sample: ``{"image": (X, Y, Z, C)`` (or ``(X, Y, Z)``; may be an ``np.memmap``), optional ``"label"``
+        ``(X, Y, Z)`` int (may be a memmap), optional ``"class"``, optional ``"foreground"`` (``(K, 3)`` int
+        indices of the voxels with ``label > 0``, :func:`~medjax.data.transforms.crops.foreground_voxels`,
+        saves recomputing them every epoch)}.
+      cfg: a :class:`medjax.config.schema.DataConfig` (``spatial_dims``, ``crop_size``, ``slice_axis``,
+        ``samples_per_volume``, ``augment``).
+      rng: the random generator; the crops are deterministic given its state.
+
+    Returns:
+      A list of ``{"image": float32 (*crop, C), "label": int32 (*crop) if labelled, "class": int32 if
+      present}``. Crops are label-balanced (half centred on foreground) when a label is present; for
+      ``spatial_dims=2`` a slice along ``cfg.slice_axis`` is drawn first (crop ``(H, W, C)`` over the two
+      remaining axes in order). A volume smaller than the crop is zero-padded. With ``cfg.augment``: each
+      spatial axis flipped with p=0.5, quarter turns in-plane when those crop sides are equal, intensity jitter.
+    """
+    _check_cfg(cfg)
+    name = _sample_name(sample)
+    image = sample["image"]
+    if image.ndim == 3:
+        image = image[..., None]
+    if image.ndim != 4:
+        raise DataError(name, f"random_crops needs a volume (X, Y, Z, C); got shape {image.shape}")
+    label = sample.get("label")
+    shape = tuple(image.shape[:3])
+    window = crop_window(cfg)
+    window_eff = tuple(min(w, s) for w, s in zip(window, shape))
+    fg = sample.get("foreground")  # optional (K, 3) voxel indices of label > 0, e.g. stored by a cache
+    if label is not None and fg is None:
+        fg = foreground_voxels(label)
+    cls = sample.get("class")
+
+    crops = []
+    for _ in range(int(cfg.samples_per_volume)):
+        if label is not None:
+            box = balanced_crop_slices(label, window_eff, rng, foreground=fg)
+        else:
+            box = random_crop_slices(shape, window_eff, rng)
+        img = np.array(image[box], dtype=np.float32)  # basic slicing first: a memmap reads only this window
+        lab = np.array(label[box], dtype=np.int32) if label is not None else None
+        if window_eff != window:
+            pads = pad_amounts(window_eff, window)
+            img = np.pad(img, pads + [(0, 0)])
+            lab = np.pad(lab, pads) if lab is not None else None
+        if cfg.spatial_dims == 2:
+            img = np.take(img, 0, axis=cfg.slice_axis)
+            lab = np.take(lab, 0, axis=cfg.slice_axis) if lab is not None else None
+        if cfg.augment:
+            img, lab = _augment_crop(img, lab, rng, cfg)
+        out = {"image": np.ascontiguousarray(img, dtype=np.float32)}
+        if lab is not None:
+            out["label"] = np.ascontiguousarray(lab, dtype=np.int32)
+        if cls is not None:
+            out["class"] = np.asarray(cls, dtype=np.int32)
+        crops.append(out)
+    return crops
+
+
+def _augment_crop(img: np.ndarray, lab: np.ndarray | None, rng: np.random.Generator, cfg):
+    """Flips (each axis p=0.5), in-plane quarter turns (equal sides), intensity jitter; one draw for both."""
+    n = spatial_ndim(img, True)
+    axes = augment.draw_flip_axes(rng, n, 0.5)
+    if axes:
+        img = flip(img, axes)
+        lab = flip(lab, axes, has_channels=False) if lab is not None else None
+    plane = (0, 1) if n == 2 else tuple(ax for ax in range(3) if ax != cfg.slice_axis)
+    if img.shape[plane[0]] == img.shape[plane[1]]:
+        k = augment.draw_rot90(rng, img.shape[:n], plane)
+        if k:
+            img = rot90(img, k, plane)
+            lab = rot90(lab, k, plane, has_channels=False) if lab is not None else None
+    img = augment.intensity_jitter(img, rng)
+    return img, lab
