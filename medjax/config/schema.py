@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+from medjax.config.finetune_schema import FinetuneConfig
+
 
 @dataclass(frozen=True)
 class DataConfig:
@@ -100,9 +102,10 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     mesh: MeshConfig = field(default_factory=MeshConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 
 
-SECTIONS = ("data", "model", "train", "checkpoint", "mesh")
+SECTIONS = ("data", "model", "train", "checkpoint", "mesh", "finetune")
 
 
 def replace(cfg, **changes):
