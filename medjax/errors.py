@@ -15,6 +15,9 @@ class DataError(MedjaxError):
         self.reason = reason
         super().__init__(f"{self.path}: {reason}")
 
+    def __reduce__(self):  # survive the trip from a data-loading worker process
+        return (type(self), (self.path, self.reason))
+
 
 class StaleCacheError(MedjaxError):
     """A prepared cache was built with other settings or from other files; rebuild it with `medjax data prepare`."""
