@@ -14,3 +14,17 @@ class FinetuneConfig:
     layer_decay: float = 0.75  # layer-wise learning-rate decay for full fine-tuning (1.0 disables)
     class_weights: tuple[float, ...] = ()  # per-class loss weights; () weighs classes equally
     num_labeled: int = 0  # use only the first N labelled records (few-label experiments); 0 uses all
+    label_key: str = "label"  # record key of the label map to train on (e.g. "lesion" for the demo lesion masks)
+    class_from_label: bool = False  # classification: the target of a crop is 1 when its label map holds an object
+    min_object_voxels: int = 4  # voxels an object needs inside a crop to count (class_from_label, detection boxes)
+    val_records: int = 2  # the last N records are held out for evaluation (never trained on); 0: no evaluation
+    pool: str = "mean"  # classification pooling: "mean" of the patch tokens or the "cls" token
+    volume_reduce: str = "mean"  # classification of a whole volume from its windows: "mean" or "max" probability
+    decoder_features: int = 16  # segmentation: UNETR decoder channels at full resolution (doubling per level)
+    dice_weight: float = 1.0  # segmentation: weight of the soft Dice loss added to the cross-entropy
+    det_hidden: int = 128  # detection: hidden width of the per-cell head
+    det_top_k: int = 20  # detection: candidate boxes kept per window before NMS
+    det_score_threshold: float = 0.1  # detection: minimum centre probability of a reported box
+    det_nms_iou: float = 0.1  # detection: 3D NMS suppresses boxes overlapping a better one by more than this IoU
+    eval_overlap: float = 0.5  # sliding-window overlap (fraction of the window) at evaluation and prediction
+    eval_batch: int = 4  # windows per model call at evaluation and prediction

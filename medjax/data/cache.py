@@ -5,6 +5,8 @@ Layout of a cache folder ``OUT``::
     OUT/manifest.json                       settings, fingerprint, one entry per record
     OUT/records/00000_<id>/image.npy        float32 (*S, C), preprocessed (reoriented, resampled, normalised...)
     OUT/records/00000_<id>/label.npy        integer (*S,), same grid (only for records with a label)
+    OUT/records/00000_<id>/foreground.npy   int32 (K, 3) voxel indices of label > 0, C order (with a label):
+                                            crops centred on foreground read one row, not the whole label
     OUT/records/00000_<id>/image.nii.gz     with ``export_nifti``: the prepared volume with its new affine
 
 The fingerprint is a sha256 over the preprocessing settings (orientation, spacing, intensity, CT window,
@@ -31,7 +33,7 @@ from medjax.errors import DataError, StaleCacheError
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT_VERSION = 1
+CACHE_FORMAT_VERSION = 2  # 2: foreground.npy per labelled record
 MANIFEST = "manifest.json"
 
 
@@ -175,11 +177,17 @@ def _prepare_one(task: tuple) -> dict:
         "class": record.get("class"),
         "boxes": record.get("boxes"),
     }
+    entry["foreground"] = None
     if sample.get("label") is not None:
+        from medjax.data.transforms.crops import foreground_voxels
+
         label = np.asarray(sample["label"])
         label = np.ascontiguousarray(label, dtype=_label_dtype(label))
         nbytes += _save_npy_atomic(os.path.join(folder, "label.npy"), label)
         entry["label"] = os.path.join(rel, "label.npy")
+        fg = foreground_voxels(label)
+        nbytes += _save_npy_atomic(os.path.join(folder, "foreground.npy"), np.ascontiguousarray(fg, np.int32))
+        entry["foreground"] = os.path.join(rel, "foreground.npy")
     if export_nifti:
         nbytes += _save_nifti_atomic(os.path.join(folder, "image.nii.gz"), image, affine)
         if entry["label"]:
@@ -282,8 +290,9 @@ def _describe(values) -> str:
 def open_cache(out: str, cfg: DataConfig) -> list[dict]:
     """Check a prepared cache against ``cfg`` and its source files, and return its records.
 
-    Each record: ``{"id", "image": path of image.npy, "label": path of label.npy or None, "affine": (4, 4)
-    nested list (mm, RAS+), "shape", "class", "boxes", "source": original image path}``.
+    Each record: ``{"id", "image": path of image.npy, "label": path of label.npy or None, "foreground": path
+    of foreground.npy ((K, 3) int32 indices of label > 0) or None, "affine": (4, 4) nested list (mm, RAS+),
+    "shape", "class", "boxes", "source": original image path}``.
 
     Raises :class:`StaleCacheError` naming what differs (settings, or changed/missing source files) and the
     command that rebuilds it.
@@ -323,6 +332,7 @@ def open_cache(out: str, cfg: DataConfig) -> list[dict]:
             "id": e["id"],
             "image": os.path.join(root, e["image"]),
             "label": os.path.join(root, e["label"]) if e.get("label") else None,
+            "foreground": os.path.join(root, e["foreground"]) if e.get("foreground") else None,
             "affine": e["affine"],
             "shape": e["shape"],
             "class": e.get("class"),

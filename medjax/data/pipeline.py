@@ -10,7 +10,14 @@ Flow (one process of ``process_count``)::
          number of workers or processes
       -> flatten the ``samples_per_volume`` crops into single samples
       -> batch(batch_size, drop_remainder=True)
-      -> mp_prefetch(cfg.workers)   (0: everything in this process)
+
+Parallelism (``cfg.workers``): the read/preprocess/crop step of whole volumes runs in a pool of ``cfg.workers``
+threads of this process (``0``: grain's default of 2 read threads), with ``prefetch`` volumes per worker
+buffered ahead. The heavy parts release the GIL (zlib inflation, numpy copies and arithmetic, BLAS), so threads
+use the cores like processes do, but start instantly, share the memory-mapped cache and pass crops without
+pickling. ``worker_mode="processes"`` instead runs the whole chain in ``cfg.workers`` grain worker processes
+(``mp_prefetch``; each is spawned and imports medjax, which takes seconds) for recipes dominated by pure
+Python. Either way the state is a position in the stream: a restored iterator yields exactly the rest.
 
 A batch is a dict of numpy arrays: ``image`` float32 ``(B, *crop, C)`` (``(B, H, W, C)`` for 2D), optional
 ``label`` int32 ``(B, *crop)`` and ``class`` int32 ``(B,)`` or ``(B, K)``.
@@ -71,12 +78,18 @@ def read_sample(record: Mapping[str, Any], *, mmap: bool = True) -> dict:
 
 
 def _read_cached_sample(record: Mapping[str, Any]) -> dict:
-    """A prepared-cache record -> sample with memory-mapped arrays (reading only what the crops touch)."""
+    """A prepared-cache record -> sample with memory-mapped arrays (reading only what the crops touch).
+
+    ``"foreground"`` (``(K, 3)`` int32 voxel indices of ``label > 0``, memory-mapped) comes from the cache when
+    it has one, so a crop draw reads one row of it instead of scanning the whole label.
+    """
     try:
         image = np.load(record["image"], mmap_mode="r", allow_pickle=False)
-        sample = {"image": image, "affine": np.asarray(record["affine"], np.float64), "id": record["id"]}
+        sample = {"image": image, "affine": record["affine"], "id": record["id"]}
         if record.get("label"):
             sample["label"] = np.load(record["label"], mmap_mode="r", allow_pickle=False)
+            if record.get("foreground"):
+                sample["foreground"] = np.load(record["foreground"], mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError) as e:
         raise DataError(record["image"], f"unreadable prepared array ({e}); rebuild with `medjax data prepare`")
     for key in ("class", "boxes"):
@@ -101,6 +114,8 @@ class _VolumeCrops:
 
     def __init__(self, records, cfg: DataConfig, *, seed: int, process_index: int, process_count: int,
                  cached: bool):
+        if cached:  # parse the affines once, not on every visit
+            records = [dict(r, affine=np.asarray(r["affine"], np.float64)) for r in records]
         self.records = list(records)
         self.cfg = cfg
         self.seed = int(seed)
@@ -176,6 +191,9 @@ def _flatten_transform(max_fan_out: int):
 # Public API
 
 
+WORKER_MODES = ("threads", "processes")
+
+
 def load_pipeline_records(cfg: DataConfig) -> tuple[list[dict], bool]:
     """The records the pipeline reads and whether they come from a prepared cache (``cfg.cache_dir``)."""
     if cfg.cache_dir:
@@ -188,7 +206,7 @@ def load_pipeline_records(cfg: DataConfig) -> tuple[list[dict], bool]:
 
 
 def build_dataset(cfg: DataConfig, *, batch_size: int, seed: int, process_index: int = 0, process_count: int = 1,
-                  num_epochs: int | None = None):
+                  num_epochs: int | None = None, worker_mode: str = "threads"):
     """The grain pipeline of this process as a ``grain.IterDataset`` of batches (see the module docstring).
 
     Args:
@@ -197,6 +215,8 @@ def build_dataset(cfg: DataConfig, *, batch_size: int, seed: int, process_index:
       seed: seeds the per-epoch shuffle and the augmentation.
       process_index, process_count: this process reads only ``records[process_index::process_count]``.
       num_epochs: passes over the shard; ``None`` repeats forever.
+      worker_mode: ``"threads"`` (``cfg.workers`` read threads in this process) or ``"processes"``
+        (``cfg.workers`` grain worker processes); the batches are the same either way.
     """
     import grain
 
@@ -206,6 +226,8 @@ def build_dataset(cfg: DataConfig, *, batch_size: int, seed: int, process_index:
         raise ConfigError(f"process_index {process_index} is not in [0, {process_count})")
     if cfg.samples_per_volume < 1:
         raise ConfigError(f"data.samples_per_volume must be >= 1, got {cfg.samples_per_volume}")
+    if worker_mode not in WORKER_MODES:
+        raise ConfigError(f"worker_mode={worker_mode!r}: use one of {WORKER_MODES}")
     records, cached = load_pipeline_records(cfg)
     shard = records[process_index::process_count]
     if not shard:
@@ -215,11 +237,16 @@ def build_dataset(cfg: DataConfig, *, batch_size: int, seed: int, process_index:
     fn = _VolumeCrops(shard, cfg, seed=seed, process_index=process_index, process_count=process_count,
                       cached=cached)
     ds = grain.MapDataset.range(len(shard)).repeat(num_epochs).map_with_index(fn)
-    threads = 2 if cfg.workers == 0 else 1
-    ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=threads, prefetch_buffer_size=max(2, cfg.prefetch)))
+    processes = worker_mode == "processes" and cfg.workers > 0
+    if processes:
+        threads, buffered = 1, max(2, cfg.prefetch)
+    else:
+        threads = cfg.workers if cfg.workers > 0 else 2
+        buffered = max(2, threads * max(1, cfg.prefetch))
+    ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=threads, prefetch_buffer_size=buffered))
     ds = grain.experimental.FlatMapIterDataset(ds, _flatten_transform(max(1, cfg.samples_per_volume)))
     ds = ds.batch(batch_size, drop_remainder=True)
-    if cfg.workers > 0:
+    if processes:
         _mark_flags_parsed()
         ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=cfg.workers,
                                                           per_worker_buffer_size=max(1, cfg.prefetch)))
@@ -259,7 +286,9 @@ class BatchIterator:
         if state.get("version") != STATE_VERSION or "grain" not in state:
             raise ConfigError(f"not a medjax data-iterator state (version {state.get('version')!r}); "
                               "restore from a checkpoint written by this medjax version")
-        theirs = state.get("settings", {})
+        theirs = dict(state.get("settings", {}))
+        if "worker_mode" not in theirs:  # states written before the thread workers: processes when workers > 0
+            theirs["worker_mode"] = "processes" if theirs.get("workers", 0) > 0 else "threads"
         diff = {k: (theirs.get(k), v) for k, v in self.settings.items() if theirs.get(k) != v}
         if diff:
             what = ", ".join(f"{k}: saved {a!r} vs now {b!r}" for k, (a, b) in sorted(diff.items()))
@@ -280,12 +309,13 @@ class BatchIterator:
 
 
 def make_iterator(cfg: DataConfig, *, batch_size: int, seed: int, process_index: int = 0, process_count: int = 1,
-                  num_epochs: int | None = None) -> BatchIterator:
+                  num_epochs: int | None = None, worker_mode: str = "threads") -> BatchIterator:
     """:func:`build_dataset` wrapped in a :class:`BatchIterator` (``next``, ``get_state``, ``set_state``)."""
     ds = build_dataset(cfg, batch_size=batch_size, seed=seed, process_index=process_index,
-                       process_count=process_count, num_epochs=num_epochs)
+                       process_count=process_count, num_epochs=num_epochs, worker_mode=worker_mode)
+    mode = worker_mode if cfg.workers > 0 else "threads"
     settings = {"batch_size": batch_size, "seed": seed, "process_index": process_index,
-                "process_count": process_count, "workers": cfg.workers,
+                "process_count": process_count, "workers": cfg.workers, "worker_mode": mode,
                 "samples_per_volume": cfg.samples_per_volume}
     return BatchIterator(ds, settings)
 

@@ -113,11 +113,19 @@ def random_affine(array: np.ndarray, rng: np.random.Generator, *, max_rotation_d
 
 
 # ----------------------------------------------------------------------------------------------- intensity
-def intensity_jitter(array: np.ndarray, rng: np.random.Generator, scale: float = 0.1, shift: float = 0.1):
-    """``array * (1 + u) + v`` with ``u ~ U(-scale, scale)``, ``v ~ U(-shift, shift)`` (float32)."""
+def draw_intensity_jitter(rng: np.random.Generator, scale: float = 0.1, shift: float = 0.1):
+    """The float32 ``(1 + u, v)`` of :func:`intensity_jitter`: ``u ~ U(-scale, scale)``, ``v ~ U(-shift, shift)``."""
     u = rng.uniform(-scale, scale)
     v = rng.uniform(-shift, shift)
-    return (np.asarray(array, dtype=np.float32) * np.float32(1.0 + u) + np.float32(v)).astype(np.float32)
+    return np.float32(1.0 + u), np.float32(v)
+
+
+def intensity_jitter(array: np.ndarray, rng: np.random.Generator, scale: float = 0.1, shift: float = 0.1):
+    """``array * (1 + u) + v`` with ``u ~ U(-scale, scale)``, ``v ~ U(-shift, shift)`` (float32, new array)."""
+    a, b = draw_intensity_jitter(rng, scale, shift)
+    out = np.multiply(np.asarray(array, dtype=np.float32), a, dtype=np.float32)
+    out += b
+    return out
 
 
 def gamma(array: np.ndarray, rng: np.random.Generator, log_gamma_range=(-0.3, 0.3)):

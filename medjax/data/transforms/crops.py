@@ -52,9 +52,24 @@ def _random_background_voxel(label: np.ndarray, rng: np.random.Generator):
     return np.unravel_index(int(flat[rng.integers(0, flat.size)]), shape)
 
 
-def foreground_voxels(label: np.ndarray) -> np.ndarray:
-    """``(K, n)`` int indices of voxels with ``label > 0`` (compute once per volume and reuse)."""
-    return np.argwhere(np.asarray(label) > 0)
+def foreground_voxels(label: np.ndarray, *, flat: bool = False) -> np.ndarray:
+    """Voxels with ``label > 0`` in C order (compute once per volume and reuse).
+
+    Returns ``(K, n)`` int32 indices, or with ``flat`` the ``(K,)`` C-order flat indices (one cheap pass,
+    no ``(K, n)`` array). Entry ``i`` names the same voxel in both forms, so a draw gives the same crop.
+    """
+    mask = np.asarray(label) > 0
+    if flat:
+        return np.flatnonzero(mask)
+    dtype = np.int32 if max(mask.shape, default=0) < 2**31 else np.int64
+    return np.argwhere(mask).astype(dtype, copy=False)
+
+
+def _foreground_voxel(foreground: np.ndarray, i: int, shape) -> tuple[int, ...]:
+    """Entry ``i`` of a ``(K, n)`` or flat ``(K,)`` foreground list as a voxel index."""
+    if foreground.ndim == 1:
+        return tuple(int(v) for v in np.unravel_index(int(foreground[i]), shape))
+    return tuple(int(v) for v in foreground[i])
 
 
 def balanced_crop_slices(
@@ -72,7 +87,8 @@ def balanced_crop_slices(
       crop: window size in voxels (1-tuple broadcasts).
       rng: the random generator (the result is deterministic given its state).
       pos_fraction: probability of centring on a voxel with ``label > 0``.
-      foreground: optional precomputed :func:`foreground_voxels` of ``label``.
+      foreground: optional precomputed :func:`foreground_voxels` of ``label``: ``(K, n)`` indices (may be an
+        ``np.memmap``: only the drawn row is read) or ``(K,)`` flat C-order indices.
 
     Returns:
       One ``slice`` per spatial dim, clamped inside the volume. If the drawn class is absent (no foreground,
@@ -81,16 +97,16 @@ def balanced_crop_slices(
     shape = label.shape
     crop = _check_crop(shape, crop)
     if foreground is None:
-        foreground = foreground_voxels(label)
+        foreground = foreground_voxels(label, flat=True)
     want_fg = rng.random() < pos_fraction
     centre = None
     if want_fg and len(foreground):
-        centre = foreground[int(rng.integers(0, len(foreground)))]
+        centre = _foreground_voxel(foreground, int(rng.integers(0, len(foreground))), shape)
     elif not want_fg:
         centre = _random_background_voxel(label, rng)
     if centre is None:  # the drawn class is empty: use the other one
         if len(foreground):
-            centre = foreground[int(rng.integers(0, len(foreground)))]
+            centre = _foreground_voxel(foreground, int(rng.integers(0, len(foreground))), shape)
         else:
             centre = tuple(int(rng.integers(0, s)) for s in shape)
     return centred_crop_slices(shape, crop, centre)

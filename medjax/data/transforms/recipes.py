@@ -183,8 +183,8 @@ def random_crops(sample: dict, cfg, rng: np.random.Generator) -> list[dict]:
     window_eff = tuple(min(w, s) for w, s in zip(window, shape))
     fg = sample.get("foreground")  # optional (K, 3) voxel indices of label > 0, e.g. stored by a cache
     if label is not None and fg is None:
-        fg = foreground_voxels(label)
-    cls = sample.get("class")
+        fg = foreground_voxels(label, flat=True)  # one pass; only the drawn entries are unravelled
+    cls = None if sample.get("class") is None else np.asarray(sample["class"], dtype=np.int32)
 
     crops = []
     for _ in range(int(cfg.samples_per_volume)):
@@ -192,28 +192,59 @@ def random_crops(sample: dict, cfg, rng: np.random.Generator) -> list[dict]:
             box = balanced_crop_slices(label, window_eff, rng, foreground=fg)
         else:
             box = random_crop_slices(shape, window_eff, rng)
-        img = np.array(image[box], dtype=np.float32)  # basic slicing first: a memmap reads only this window
-        lab = np.array(label[box], dtype=np.int32) if label is not None else None
+        img = image[box]  # basic slicing: a view; a memmap reads only this window when it is copied below
+        lab = label[box] if label is not None else None
         if window_eff != window:
             pads = pad_amounts(window_eff, window)
             img = np.pad(img, pads + [(0, 0)])
             lab = np.pad(lab, pads) if lab is not None else None
         if cfg.spatial_dims == 2:
-            img = np.take(img, 0, axis=cfg.slice_axis)
-            lab = np.take(lab, 0, axis=cfg.slice_axis) if lab is not None else None
+            pick = (slice(None),) * cfg.slice_axis + (0,)
+            img = img[pick]
+            lab = lab[pick] if lab is not None else None
+        scale = shift = None
         if cfg.augment:
-            img, lab = _augment_crop(img, lab, rng, cfg)
-        out = {"image": np.ascontiguousarray(img, dtype=np.float32)}
+            img, lab, scale, shift = _augment_views(img, lab, rng, cfg)
+        out = {"image": _to_float32(img, scale, shift)}
         if lab is not None:
-            out["label"] = np.ascontiguousarray(lab, dtype=np.int32)
+            out["label"] = _copy_as(lab, np.int32)
         if cls is not None:
-            out["class"] = np.asarray(cls, dtype=np.int32)
+            out["class"] = cls.copy()
         crops.append(out)
     return crops
 
 
-def _augment_crop(img: np.ndarray, lab: np.ndarray | None, rng: np.random.Generator, cfg):
-    """Flips (each axis p=0.5), in-plane quarter turns (equal sides), intensity jitter; one draw for both."""
+def _copy_as(view: np.ndarray, dtype) -> np.ndarray:
+    """One pass: a C-contiguous ``dtype`` copy of a (possibly flipped / rotated / memory-mapped) view."""
+    out = np.empty(view.shape, dtype=dtype)
+    np.copyto(out, view, casting="unsafe")
+    return out
+
+
+def _to_float32(view: np.ndarray, scale, shift) -> np.ndarray:
+    """A C-contiguous float32 copy of ``view``, times ``scale`` plus ``shift`` (float32 scalars) when given.
+
+    The jitter is fused into the copy (``multiply`` writes straight into the output), so a crop is read once.
+    """
+    if scale is None:
+        return _copy_as(view, np.float32)
+    if view.dtype == np.float32:
+        out = np.empty(view.shape, dtype=np.float32)
+        np.multiply(view, scale, out=out)
+    else:
+        out = _copy_as(view, np.float32)
+        out *= scale
+    out += shift
+    return out
+
+
+def _augment_views(img: np.ndarray, lab: np.ndarray | None, rng: np.random.Generator, cfg):
+    """Draw flips (each axis p=0.5), in-plane quarter turns (equal sides) and an intensity jitter.
+
+    Flips and turns are applied as views (no copy); the jitter is returned as float32 ``(scale, shift)``
+    (``array * scale + shift``, as :func:`~medjax.data.transforms.augment.intensity_jitter`) for
+    :func:`_to_float32` to fuse into the one copy. One draw serves image and label.
+    """
     n = spatial_ndim(img, True)
     axes = augment.draw_flip_axes(rng, n, 0.5)
     if axes:
@@ -225,5 +256,5 @@ def _augment_crop(img: np.ndarray, lab: np.ndarray | None, rng: np.random.Genera
         if k:
             img = rot90(img, k, plane)
             lab = rot90(lab, k, plane, has_channels=False) if lab is not None else None
-    img = augment.intensity_jitter(img, rng)
-    return img, lab
+    scale, shift = augment.draw_intensity_jitter(rng)
+    return img, lab, scale, shift

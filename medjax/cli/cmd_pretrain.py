@@ -1,0 +1,55 @@
+"""``medjax pretrain``: MAE pretraining from a preset or config file, resumable, with checkpoints and logs."""
+
+from __future__ import annotations
+
+import sys
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "pretrain",
+        help="MAE pretraining of a 2D/3D ViT (resumes from WORKDIR's latest checkpoint)",
+        description="MAE pretraining. Resumes from the latest checkpoint in WORKDIR unless --restart. "
+                    "SIGTERM/SIGINT save a checkpoint at the next step and exit (0 / 130).",
+    )
+    p.add_argument("--config", required=True, metavar="NAME_OR_FILE",
+                   help="preset name (e.g. demo, mae3d_vitb16_96) or a .py/.json config file")
+    p.add_argument("--workdir", default=None, help="run directory (default: runs/<config name>)")
+    p.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                   help="override config values, e.g. --set train.steps=100 model.variant=S/16")
+    p.add_argument("--restart", action="store_true",
+                   help="delete WORKDIR's checkpoints, metrics and logs and start from step 0")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (logs still go to WORKDIR)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from medjax.config import load_config
+    from medjax.training.loop import pretrain
+
+    cfg = load_config(args.config, args.overrides)
+    workdir = args.workdir or f"runs/{cfg.name}"
+    summary = pretrain(cfg, workdir, restart=args.restart, progress=not args.no_progress)
+    print_summary(summary)
+    return int(summary["exit_code"])
+
+
+def print_summary(summary: dict, out=None) -> None:
+    """Where the run's results are, for humans (stdout)."""
+    out = out or sys.stdout
+    loss = summary.get("final_loss")
+    first = summary.get("first_loss")
+    lines = [
+        f"step {summary['step']}" + (f" (stopped by {summary['signal']})" if summary.get("signal") else ""),
+        f"loss: {first:.4f} (first logged) -> {loss:.4f} (final)" if loss is not None and first is not None
+        else "loss: no steps run",
+        f"checkpoint: {summary['checkpoint']}",
+        f"parameters: {summary['num_params']:,} (digest {summary['params_digest'][:16]})",
+        f"metrics: {summary['metrics']}",
+        f"TensorBoard: {summary['tensorboard']}",
+    ]
+    if summary.get("reconstruction_png"):
+        lines.append(f"reconstructions: {summary['reconstruction_png']}")
+    if summary.get("loss_png"):
+        lines.append(f"loss curve: {summary['loss_png']}")
+    print("\n".join(lines), file=out, flush=True)

@@ -1,0 +1,289 @@
+"""The fine-tuning loop: records -> (optional MAE encoder init) -> train with the shared pure step -> evaluate.
+
+It reuses the pretraining machinery: the train state and its shardings (:mod:`medjax.training.state`), the
+jitted pure step with a task loss (:mod:`medjax.training.steps`), the optimizer with layer-wise LR decay
+(:mod:`medjax.training.optim`), checkpoints with the data-iterator position (resumable), metrics.jsonl,
+TensorBoard and the progress bar (:mod:`medjax.training.logging`), and graceful SIGTERM/SIGINT stops.
+
+WORKDIR holds, besides the pretraining layout: ``records_train.json`` / ``records_val.json`` (the records used,
+with the label map chosen by ``finetune.label_key``), ``init.json`` (what was loaded from the MAE checkpoint),
+``eval.json`` (held-out metrics) and ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from medjax.errors import ConfigError, DataError, TrainingDivergedError
+
+
+# ------------------------------------------------------------------------------------------- records
+def split_records(cfg) -> tuple[list[dict], list[dict]]:
+    """``(train, val)`` records of ``cfg.data.dir``: those with the task's targets, label map from
+    ``finetune.label_key``; the last ``finetune.val_records`` held out, then the first ``num_labeled`` kept."""
+    from medjax.data.sources import load_records
+
+    ft = cfg.finetune
+    records = load_records(cfg.data.dir, split=cfg.data.split)
+    base = cfg.data.dir if os.path.isdir(cfg.data.dir) else os.path.dirname(os.path.abspath(cfg.data.dir))
+    out = []
+    for r in records:
+        r = dict(r)
+        if ft.label_key != "label":
+            p = r.get(ft.label_key)
+            r["label"] = os.path.normpath(os.path.join(base, p)) if isinstance(p, str) and p else None
+        needs_label = cfg.task in ("segmentation", "detection") or ft.class_from_label
+        if needs_label and not r.get("label"):
+            continue
+        if cfg.task == "classification" and not ft.class_from_label and r.get("class") is None:
+            continue
+        out.append({k: r.get(k) for k in ("id", "image", "label", "class", "boxes")})
+    if len(out) <= ft.val_records:
+        raise DataError(cfg.data.dir, f"{len(out)} usable records for task={cfg.task} (label_key="
+                                      f"{ft.label_key!r}) but finetune.val_records={ft.val_records}; add data or "
+                                      "lower finetune.val_records")
+    val = out[len(out) - ft.val_records:] if ft.val_records else []
+    train = out[: len(out) - ft.val_records]
+    if ft.num_labeled:
+        train = train[: ft.num_labeled]
+    return train, val
+
+
+def _write_manifest(path: Path, records: list[dict]) -> str:
+    path.write_text(json.dumps(records, indent=1) + "\n")
+    return str(path)
+
+
+# ------------------------------------------------------------------------------------------- optimizer
+def make_finetune_optimizer(cfg, abstract_params, schedule):
+    """AdamW of ``cfg.train``: layer-wise LR decay over the encoder (heads at the full rate) for full
+    fine-tuning; encoder updates set to zero (frozen, no weight decay) for linear probing."""
+    import jax
+    import optax
+
+    from medjax.finetune.tasks import num_encoder_layers
+    from medjax.training.optim import layerwise_lr_decay, make_optimizer
+
+    ft = cfg.finetune
+    if ft.mode == "linear":
+        labels = {k: jax.tree.map(lambda _, k=k: "freeze" if k == "encoder" else "train", v)
+                  for k, v in abstract_params.items()}
+        return optax.multi_transform({"train": make_optimizer(cfg.train, schedule=schedule),
+                                      "freeze": optax.set_to_zero()}, labels)
+    mult = {k: (layerwise_lr_decay(v, ft.layer_decay, num_encoder_layers(cfg)) if k == "encoder"
+                else jax.tree.map(lambda _: 1.0, v)) for k, v in abstract_params.items()}
+    return make_optimizer(cfg.train, lr_multipliers=mult, schedule=schedule)
+
+
+# ------------------------------------------------------------------------------------------- main loop
+def finetune(cfg, workdir, *, init_from: str | None = None, restart: bool = False, progress: bool = True,
+             evaluate: bool = True) -> dict:
+    """Fine-tune ``cfg.task`` in ``workdir`` (resuming from its latest checkpoint unless ``restart``).
+
+    Args:
+      cfg: config with ``task`` in classification/segmentation/detection and the ``finetune`` section.
+      workdir: run directory.
+      init_from: MAE workdir/checkpoint for the encoder (overrides ``cfg.finetune.init_from``; "" = scratch).
+      restart: delete the workdir's checkpoints and logs first.
+      progress: show the progress bar.
+      evaluate: score the held-out records at the end (``eval.json``).
+
+    Returns the summary dict (also ``WORKDIR/summary.json``): ``workdir``, ``checkpoint``, ``step``,
+    ``first_loss``, ``final_loss``, ``init`` (report or None), ``eval`` (metrics or None), ``seconds``,
+    ``num_train_records``, ``num_val_records``, ``exit_code``, ``signal``.
+    """
+    import dataclasses
+
+    import jax
+
+    from medjax.config.overrides import to_dict, to_json
+    from medjax.data.pipeline import make_iterator, to_global_batch
+    from medjax.finetune.tasks import build_task_model, check_task, loss_for, prepare_batch
+    from medjax.training import sharding as _sh
+    from medjax.training.checkpoint import Checkpointer
+    from medjax.training.logging import RunLogger
+    from medjax.training.loop import _batch_sizes, _clean_workdir
+    from medjax.training.optim import make_schedule
+    from medjax.training.signals import StopRequest
+    from medjax.training.state import split_model, state_from_dict, state_to_dict, train_state_spec
+    from medjax.training.steps import make_train_step
+
+    t_start = time.time()
+    if init_from is not None:
+        cfg = dataclasses.replace(cfg, finetune=dataclasses.replace(cfg.finetune, init_from=init_from))
+    check_task(cfg)
+    workdir = Path(workdir).expanduser().absolute()
+    if restart:
+        _clean_workdir(workdir)
+        for name in ("eval.json", "summary.json", "init.json"):
+            (workdir / name).unlink(missing_ok=True)
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "config.json").write_text(to_json(cfg) + "\n")
+    train_recs, val_recs = split_records(cfg)
+    manifest = _write_manifest(workdir / "records_train.json", train_recs)
+    _write_manifest(workdir / "records_val.json", val_recs)
+    data_cfg = dataclasses.replace(cfg.data, dir=manifest, cache_dir="", split="training")
+    run_cfg = dataclasses.replace(cfg, data=data_cfg)
+
+    mesh = _sh.default_mesh(cfg)
+    per_process = _batch_sizes(cfg, mesh, jax.process_count())
+    schedule = make_schedule(cfg.train)
+    factory = lambda: build_task_model(cfg)  # noqa: E731
+    abstract_params = jax.eval_shape(lambda: split_model(factory())[1])
+    tx = make_finetune_optimizer(cfg, abstract_params, schedule)
+    spec = train_state_spec(cfg, mesh, tx=tx, model_factory=factory)
+    ckpt = Checkpointer(workdir, keep=cfg.checkpoint.keep, every_steps=cfg.checkpoint.every_steps)
+    data = make_iterator(data_cfg, batch_size=per_process, seed=cfg.train.seed,
+                         process_index=jax.process_index(), process_count=jax.process_count())
+    resumed_from = ckpt.latest_step()
+    init_report = None
+    if resumed_from is not None:
+        restored, data_state, _ = ckpt.restore(resumed_from,
+                                               abstract_state=state_to_dict(spec.abstract_with_shardings()))
+        state = state_from_dict(restored)
+        if data_state is not None:
+            data.set_state(data_state)
+        if (workdir / "init.json").is_file():
+            init_report = json.loads((workdir / "init.json").read_text())
+    else:
+        state = spec.init()
+        if cfg.finetune.init_from:
+            state, init_report = _init_encoder(cfg, state, spec)
+            (workdir / "init.json").write_text(json.dumps(init_report, indent=1) + "\n")
+    start = int(jax.device_get(state.step))
+    meta = {"config": to_dict(cfg), "task": cfg.task, "init": init_report}
+
+    with _sh.activate(mesh, spec.rules):
+        step_fn = make_train_step(spec.model_def, tx, schedule, state_shardings=spec.shardings,
+                                  batch_sharding=_sh.batch_sharding(mesh), loss_fn=loss_for(cfg),
+                                  grad_accum=cfg.train.grad_accum)
+    bsh = _sh.batch_sharding(mesh)
+    logger = RunLogger(workdir, total_steps=cfg.train.steps, start_step=start, progress=progress,
+                       enabled=jax.process_index() == 0)
+    if resumed_from is not None:
+        logger.write(f"resumed from {ckpt.directory / str(resumed_from)} (step {resumed_from})")
+    host: dict = {}
+    first_loss = None
+    step = start
+    stopped = None
+    t_mark, step_mark = time.time(), start
+
+    def save(s: int, force: bool) -> None:
+        ckpt.save(s, state_to_dict(state), data_state=data.get_state(),
+                  meta={**meta, "step": int(s), "loss": host.get("loss")}, force=force)
+
+    try:
+        with StopRequest() as stop:
+            while step < cfg.train.steps:
+                batch = to_global_batch(prepare_batch(run_cfg, next(data)), bsh)
+                with _sh.activate(mesh, spec.rules):
+                    state, metrics = step_fn(state, batch)
+                step += 1
+                host = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                first_loss = host["loss"] if first_loss is None else first_loss
+                if step % cfg.checkpoint.every_steps == 0:
+                    save(step, force=False)
+                bad = int(host["nonfinite_count"])
+                done = step == cfg.train.steps
+                if step % max(1, cfg.train.log_every) == 0 or done or step == start + 1 or bad:
+                    now = time.time()
+                    host["samples_per_s"] = ((step - step_mark) * cfg.train.batch_size / (now - t_mark)
+                                             if step > step_mark else 0.0)
+                    logger.log(step, host)
+                    t_mark, step_mark = now, step
+                logger.progress(step, host["loss"], host.get("samples_per_s"))
+                if bad >= cfg.train.max_nonfinite:
+                    save(step, force=True)
+                    ckpt.wait()
+                    logger.close()
+                    raise TrainingDivergedError(
+                        f"{bad} consecutive non-finite steps at step {step}; last checkpoint "
+                        f"{ckpt.directory / str(step)}; lower train.lr or raise train.warmup_steps")
+                if stop.requested:
+                    stopped = stop
+                    break
+            if cfg.finetune.mode == "linear" and step > start and stopped is None:
+                state = _precise_feature_norm(run_cfg, spec, state, per_process)
+            save(step, force=True)
+            ckpt.wait()
+    finally:
+        ckpt.wait()
+        data.close()
+    logger.close()
+    eval_metrics = None
+    if evaluate and val_recs and stopped is None:
+        from medjax.finetune.evaluate import evaluate_records
+
+        eval_metrics = evaluate_records(cfg, spec.model_def, jax.device_get(state.params),
+                                        jax.device_get(state.model_state), val_recs)
+        (workdir / "eval.json").write_text(json.dumps(eval_metrics, indent=1) + "\n")
+    summary = {
+        "workdir": str(workdir),
+        "task": cfg.task,
+        "checkpoint": str(ckpt.directory / str(step)),
+        "step": step,
+        "resumed_from": resumed_from,
+        "first_loss": first_loss,
+        "final_loss": host.get("loss"),
+        "init": init_report,
+        "eval": eval_metrics,
+        "num_train_records": len(train_recs),
+        "num_val_records": len(val_recs),
+        "seconds": time.time() - t_start,
+        "metrics": str(workdir / "metrics.jsonl"),
+        "tensorboard": f"tensorboard --logdir {workdir / 'tb'}",
+        "signal": stopped.name if stopped is not None else None,
+        "exit_code": stopped.exit_code if stopped is not None else 0,
+    }
+    (workdir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    return summary
+
+
+def _init_encoder(cfg, state, spec):
+    """Load the MAE encoder into ``state.params`` (placed with the state's shardings)."""
+    import jax
+
+    from medjax.finetune.init import load_encoder
+    from medjax.finetune.tasks import crop_size
+    from medjax.models.variants import decode_variant
+
+    patch = decode_variant(cfg.model.variant, cfg.data.spatial_dims).patch
+    grid = tuple(c // p for c, p in zip(crop_size(cfg), patch))
+    params = jax.device_get(state.params)
+    new, report = load_encoder(params, cfg.finetune.init_from, grid=grid, num_prefix=int(cfg.model.cls_token),
+                               spatial_dims=cfg.data.spatial_dims)
+    placed = jax.tree.map(lambda a, s: jax.device_put(np.asarray(a), s), new, spec.shardings.params)
+    return state.replace(params=placed), report
+
+
+def _precise_feature_norm(cfg, spec, state, batch_size: int, batches: int = 8):
+    """Linear probing: set the probe BatchNorm's statistics from the frozen encoder's features of
+    ``batches`` training batches (mean and variance over all of them)."""
+    import jax
+
+    from medjax.data.pipeline import make_iterator
+
+    model_def = spec.model_def
+
+    @jax.jit
+    def feats(params, model_state, images):
+        return model_def.merge(params, model_state).features(images, deterministic=True)
+
+    out = []
+    with make_iterator(cfg.data, batch_size=batch_size, seed=cfg.train.seed + 1) as it:
+        for _ in range(batches):
+            out.append(np.asarray(jax.device_get(feats(state.params, state.model_state,
+                                                       np.asarray(next(it)["image"])))))
+    f = np.concatenate(out).astype(np.float64)
+    ms = jax.device_get(state.model_state)
+    if "probe_norm" not in ms:
+        raise ConfigError("linear probing model has no probe_norm statistics")
+    ms = dict(ms)
+    ms["probe_norm"] = {"mean": f.mean(0).astype(np.float32), "var": f.var(0).astype(np.float32)}
+    ms = jax.tree.map(lambda a, old: jax.device_put(a, old.sharding), ms, state.model_state)
+    return state.replace(model_state=ms)

@@ -1,0 +1,134 @@
+"""``medjax predict``: a fine-tuned checkpoint applied to a folder of volumes, outputs in the ORIGINAL space.
+
+- segmentation: ``OUT/<id>.nii.gz`` uint8 label maps with exactly the input's shape and affine (qform and sform
+  set from the input's affine, millimetre units), and nothing else from the input header (no description, no
+  patient fields);
+- classification: ``OUT/predictions.csv`` and ``.json`` (id, predicted class, per-class probabilities);
+- detection: ``OUT/boxes.csv`` and ``.json`` (id, score, class, world box in RAS+ mm, and the box in continuous
+  voxel indices of the input file).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from medjax.errors import CheckpointError
+
+
+def load_finetuned(checkpoint):
+    """``(cfg, model_def, params, model_state, step)`` of a fine-tuning checkpoint (workdir or step folder)."""
+    import jax
+
+    from medjax.config.overrides import from_dict
+    from medjax.config.schema import Config
+    from medjax.finetune.init import read_checkpoint, tree_like
+    from medjax.finetune.tasks import TASKS, build_task_model
+    from medjax.training.state import split_model
+
+    state, meta, step = read_checkpoint(checkpoint)
+    if not meta.get("config"):
+        raise CheckpointError(f"{checkpoint}: checkpoint has no saved config; was it written by `medjax finetune`?")
+    cfg = from_dict(Config, meta["config"])
+    if cfg.task not in TASKS:
+        raise CheckpointError(f"{checkpoint}: task={cfg.task!r} is not a fine-tuned model; pass a `medjax finetune` "
+                              "workdir")
+    holder = {}
+
+    def abstract():
+        model_def, p, ms = split_model(build_task_model(cfg))
+        holder["model_def"] = model_def
+        return p, ms
+
+    abs_params, abs_ms = jax.eval_shape(abstract)
+    model_def = holder["model_def"]
+    params = tree_like(abs_params, state["params"], where=str(checkpoint))
+    model_state = tree_like(abs_ms, state.get("model_state") or {}, where=str(checkpoint)) if abs_ms else {}
+    return cfg, model_def, params, model_state, step
+
+
+def _write_nifti(path: Path, labels: np.ndarray, affine: np.ndarray) -> None:
+    import nibabel as nib
+
+    img = nib.Nifti1Image(labels, affine)
+    img.header.set_data_dtype(labels.dtype)
+    img.set_qform(affine, code=1)
+    img.set_sform(affine, code=1)
+    img.header.set_xyzt_units("mm")
+    nib.save(img, str(path))
+
+
+def predict_folder(checkpoint, in_dir, out_dir, *, nearest: bool = False, save_probs: bool = False) -> dict:
+    """Predict every volume of ``in_dir`` (any source :func:`medjax.data.sources.load_records` reads) into
+    ``out_dir``; returns ``{"task", "outputs": [paths], "cases": n}``.
+
+    ``nearest``: map segmentation labels back by nearest neighbour instead of interpolating probabilities.
+    ``save_probs``: also write ``<id>_probs.nii.gz`` float32 (X, Y, Z, K) probabilities in the original space.
+    """
+    from medjax.data.sources import load_records
+    from medjax.finetune.predict import (
+        Predictor,
+        labels_to_original,
+        preprocess_record,
+        probs_to_original,
+        voxel_boxes_to_world,
+        world_boxes_to_voxel,
+    )
+
+    cfg, model_def, params, model_state, _ = load_finetuned(checkpoint)
+    records = load_records(in_dir, split="training")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    pred = Predictor(cfg, model_def, params, model_state)
+    outputs, rows = [], []
+    for r in records:
+        rec = {"id": r["id"], "image": r["image"]}
+        s = preprocess_record(cfg, rec)
+        orig_shape, orig_affine = s["orig_shape"], s["orig_affine"]
+        if cfg.task == "segmentation":
+            probs = pred.segment(s["image"])
+            if nearest:
+                labels = labels_to_original(probs.argmax(-1).astype(np.uint8), s["affine"], orig_shape, orig_affine)
+            else:
+                back = probs_to_original(probs, s["affine"], orig_shape, orig_affine)
+                labels = back.argmax(-1).astype(np.uint8)
+                if save_probs:
+                    _write_nifti(out / f"{r['id']}_probs.nii.gz", back.astype(np.float32), orig_affine)
+            path = out / f"{r['id']}.nii.gz"
+            _write_nifti(path, labels.astype(np.uint8), orig_affine)
+            outputs.append(str(path))
+        elif cfg.task == "classification":
+            p = pred.classify(s["image"])
+            rows.append({"id": r["id"], "predicted": int(np.argmax(p)) if not cfg.finetune.multi_label
+                         else [int(i) for i in np.flatnonzero(p > 0.5)],
+                         "probs": [round(float(v), 6) for v in p]})
+        else:
+            boxes, scores, classes = pred.detect(s["image"])
+            world = voxel_boxes_to_world(boxes, s["affine"])
+            vox = world_boxes_to_voxel(world, orig_affine)
+            for b, w, v, sc, c in zip(boxes, world, vox, scores, classes):
+                rows.append({"id": r["id"], "score": round(float(sc), 6), "class": int(c),
+                             "box_world_mm": [round(float(x), 3) for x in w],
+                             "box_voxel": [round(float(x), 3) for x in v]})
+    if cfg.task != "segmentation":
+        name = "predictions" if cfg.task == "classification" else "boxes"
+        (out / f"{name}.json").write_text(json.dumps(rows, indent=1) + "\n")
+        with open(out / f"{name}.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            if cfg.task == "classification":
+                k = len(rows[0]["probs"]) if rows else cfg.finetune.num_classes
+                w.writerow(["id", "predicted"] + [f"p{i}" for i in range(k)])
+                for row in rows:
+                    w.writerow([row["id"], json.dumps(row["predicted"]) if isinstance(row["predicted"], list)
+                                else row["predicted"], *row["probs"]])
+            else:
+                w.writerow(["id", "score", "class", "x0", "y0", "z0", "x1", "y1", "z1",
+                            "i0", "j0", "k0", "i1", "j1", "k1"])
+                for row in rows:
+                    w.writerow([row["id"], row["score"], row["class"], *row["box_world_mm"], *row["box_voxel"]])
+        outputs += [str(out / f"{name}.json"), str(out / f"{name}.csv")]
+    return {"task": cfg.task, "outputs": outputs, "cases": len(records), "out_dir": os.fspath(out)}

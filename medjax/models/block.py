@@ -1,0 +1,50 @@
+"""Pre-norm Transformer block: LN -> MHSA -> residual, LN -> MLP(GELU) -> residual."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from medjax.models.attention import MultiHeadAttention
+from medjax.models.layers import Dense, DropPath, Dropout, constrain, layer_norm
+
+
+class Mlp(nnx.Module):
+    """(B, L, D) -> (B, L, D): Linear D->mlp_dim, GELU (tanh approximation off), dropout, Linear mlp_dim->D."""
+
+    def __init__(self, width: int, mlp_dim: int, *, dropout: float = 0.0, dtype=jnp.float32, rngs: nnx.Rngs):
+        self.fc1 = Dense(width, mlp_dim, names=("embed", "mlp"), dtype=dtype, rngs=rngs)
+        self.fc2 = Dense(mlp_dim, width, names=("mlp", "embed"), dtype=dtype, rngs=rngs)
+        self.drop = Dropout(dropout, rngs=rngs)
+
+    def __call__(self, x: jax.Array, *, deterministic: bool = True) -> jax.Array:
+        h = constrain(jax.nn.gelu(self.fc1(x), approximate=False), ("batch", "length", "mlp"))
+        h = self.drop(h, deterministic=deterministic)
+        return self.fc2(h)
+
+
+class Block(nnx.Module):
+    """Pre-norm ViT block on tokens (B, L, D); residual stream in ``dtype``, LayerNorm in float32."""
+
+    def __init__(self, width: int, heads: int, mlp_dim: int, *, dropout: float = 0.0, drop_path: float = 0.0,
+                 dtype=jnp.float32, implementation: str | None = None, rngs: nnx.Rngs):
+        self.dtype = dtype
+        self.norm1 = layer_norm(width, rngs=rngs)
+        self.attn = MultiHeadAttention(width, heads, dtype=dtype, implementation=implementation, rngs=rngs)
+        self.norm2 = layer_norm(width, rngs=rngs)
+        self.mlp = Mlp(width, mlp_dim, dropout=dropout, dtype=dtype, rngs=rngs)
+        self.drop = Dropout(dropout, rngs=rngs)
+        self.drop_path = DropPath(drop_path, rngs=rngs)
+
+    def __call__(self, x: jax.Array, *, deterministic: bool = True, return_attention: bool = False):
+        """x (B, L, D) -> (B, L, D); with ``return_attention`` also the weights (B, heads, L, L)."""
+        x = x.astype(self.dtype)
+        h = self.attn(self.norm1(x).astype(self.dtype), return_attention=return_attention)
+        h, weights = h if return_attention else (h, None)
+        h = self.drop(h, deterministic=deterministic)
+        x = x + self.drop_path(h, deterministic=deterministic)
+        h = self.mlp(self.norm2(x).astype(self.dtype), deterministic=deterministic)
+        h = self.drop(h, deterministic=deterministic)
+        x = constrain(x + self.drop_path(h, deterministic=deterministic), ("batch", "length", "embed"))
+        return (x, weights) if return_attention else x

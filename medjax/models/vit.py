@@ -1,0 +1,172 @@
+"""Vision Transformer encoder for 2D and 3D images (one code path keyed by ``spatial_dims``)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from medjax.models.attention import attention_implementation
+from medjax.models.block import Block
+from medjax.models.layers import compute_dtype, constrain, layer_norm, param_init
+from medjax.models.patch_embed import PatchEmbed, patch_grid
+from medjax.models.posembed import resize_pos_embed, sincos_pos_embed
+from medjax.models.variants import decode_variant
+
+_POS_EMBED = ("sincos", "learned")
+
+
+def broadcast_size(size: Sequence[int] | int, spatial_dims: int, *, what: str = "input_size") -> tuple[int, ...]:
+    """Broadcast an int or 1-tuple to ``spatial_dims`` entries; ValueError names ``what`` for other lengths."""
+    size = (int(size),) if isinstance(size, (int, np.integer)) else tuple(int(s) for s in size)
+    if len(size) == 1:
+        size = size * spatial_dims
+    if len(size) != spatial_dims:
+        raise ValueError(f"{what}={size} must have 1 or {spatial_dims} entries for spatial_dims={spatial_dims}")
+    return size
+
+
+class ViT(nnx.Module):
+    """ViT encoder: patch embed, optional CLS token, position embedding, pre-norm blocks, final LayerNorm.
+
+    Args:
+      cfg: ``ModelConfig`` (variant, in_channels, pos_embed, cls_token, dtype, attention, dropout, drop_path).
+      spatial_dims: 2 (images (B, H, W, C)) or 3 (volumes (B, X, Y, Z, C)).
+      input_size: spatial size in pixels/voxels the position embedding is built for (int or 1-tuple broadcast).
+      rngs: ``nnx.Rngs`` with a ``params`` stream (and ``dropout`` when dropout/drop_path > 0).
+
+    Attributes: ``grid`` (patches per spatial dim), ``num_patches`` (L), ``num_prefix_tokens`` (1 with CLS, else
+    0), ``width`` (D), ``patch``, ``size`` (the decoded :class:`ViTSize`).
+    """
+
+    def __init__(self, cfg, *, spatial_dims: int, input_size: Sequence[int] | int, rngs: nnx.Rngs):
+        self.size = decode_variant(cfg.variant, spatial_dims)
+        self.spatial_dims = int(spatial_dims)
+        self.input_size = broadcast_size(input_size, spatial_dims)
+        self.patch = self.size.patch
+        self.grid = patch_grid(self.input_size, self.patch)
+        self.num_patches = math.prod(self.grid)
+        self.num_prefix_tokens = 1 if cfg.cls_token else 0
+        self.width = self.size.width
+        self.in_channels = int(cfg.in_channels)
+        if cfg.pos_embed not in _POS_EMBED:
+            raise ValueError(f"model.pos_embed={cfg.pos_embed!r} is not supported; use one of {_POS_EMBED}")
+        self.pos_embed_kind = cfg.pos_embed
+        self.dtype = compute_dtype(cfg.dtype)
+        impl = attention_implementation(cfg.attention)
+        d = self.width
+
+        self.patch_embed = PatchEmbed(self.patch, self.in_channels, d, dtype=self.dtype, rngs=rngs)
+        normal = nnx.initializers.normal(0.02)
+        self.cls_token = (nnx.Param(param_init(normal, (None, None, "embed"))(rngs.params(), (1, 1, d), jnp.float32))
+                          if cfg.cls_token else None)
+        if cfg.pos_embed == "learned":
+            n = self.num_prefix_tokens + self.num_patches
+            self.pos_embed = nnx.Param(param_init(normal, (None, "length", "embed"))(
+                rngs.params(), (1, n, d), jnp.float32))
+        else:
+            sincos_pos_embed(d, self.grid)  # validate the width for this grid now, not at the first call
+            self.pos_embed = None
+        rates = np.linspace(0.0, float(cfg.drop_path), self.size.depth) if self.size.depth else []
+        self.blocks = nnx.List([
+            Block(d, self.size.heads, self.size.mlp_dim, dropout=cfg.dropout, drop_path=float(r), dtype=self.dtype,
+                  implementation=impl, rngs=rngs)
+            for r in rates
+        ])
+        self.norm = layer_norm(d, rngs=rngs)
+
+    def position_embedding(self) -> jax.Array:
+        """(1, P + L, D) float32: prefix rows first (zero for sin-cos), then the grid in patch order."""
+        if self.pos_embed is not None:
+            return self.pos_embed[...]
+        return jnp.asarray(sincos_pos_embed(self.width, self.grid, num_prefix=self.num_prefix_tokens))
+
+    def embed(self, x: jax.Array, visible_ids: jax.Array | None = None) -> jax.Array:
+        """Patch-embed (B, *S, C), add positions, keep ``visible_ids`` (B, K) patches if given, prepend CLS.
+
+        Returns (B, P + L or P + K, D) in the compute dtype.
+        """
+        spatial = tuple(x.shape[1:-1])
+        if spatial != self.input_size:
+            raise ValueError(f"ViT built for input size {self.input_size} got images of spatial size {spatial} "
+                             f"(shape {x.shape}); build the model for this size or resize the position embedding")
+        tokens = self.patch_embed(x)
+        pe = self.position_embedding()
+        p = self.num_prefix_tokens
+        tokens = tokens + pe[:, p:].astype(tokens.dtype)
+        if visible_ids is not None:
+            tokens = jnp.take_along_axis(tokens, visible_ids[:, :, None].astype(jnp.int32), axis=1)
+        if self.cls_token is not None:
+            cls = (self.cls_token[...] + pe[:, :p]).astype(tokens.dtype)
+            tokens = jnp.concatenate([jnp.broadcast_to(cls, (tokens.shape[0], 1, self.width)), tokens], axis=1)
+        return constrain(tokens, ("batch", "length", "embed"))
+
+    def __call__(self, x: jax.Array, *, deterministic: bool = True, return_attention: bool = False,
+                 return_layers: Sequence[int] = (), visible_ids: jax.Array | None = None):
+        """Encode images x (B, *S, C) to tokens (B, P + L, D) float32 (after the final LayerNorm).
+
+        Args:
+          deterministic: disable dropout/drop-path.
+          return_attention: also return a list (one per block) of (B, heads, T, T) float32 weights.
+          return_layers: 1-based block numbers whose outputs (B, T, D), before the final norm, are also returned
+            (e.g. (3, 6, 9, 12) for UNETR skip connections).
+          visible_ids: (B, K) int patch indices (into the L grid patches) to encode; the others are dropped
+            (MAE). T = P + K then.
+
+        Returns ``tokens``; or a tuple ``(tokens, attentions)``, ``(tokens, layers)`` or
+        ``(tokens, attentions, layers)`` when those are requested.
+        """
+        return_layers = tuple(int(i) for i in return_layers)
+        bad = [i for i in return_layers if not 1 <= i <= len(self.blocks)]
+        if bad:
+            raise ValueError(f"return_layers {bad} out of range: blocks are numbered 1..{len(self.blocks)}")
+        h = self.embed(x, visible_ids)
+        attentions, layers = [], {}
+        for i, block in enumerate(self.blocks, start=1):
+            if return_attention:
+                h, w = block(h, deterministic=deterministic, return_attention=True)
+                attentions.append(w)
+            else:
+                h = block(h, deterministic=deterministic)
+            if i in return_layers:
+                layers[i] = h
+        tokens = self.norm(h)
+        out = (tokens,)
+        if return_attention:
+            out += (attentions,)
+        if return_layers:
+            out += ([layers[i] for i in return_layers],)
+        return out if len(out) > 1 else tokens
+
+
+def load_encoder_weights(vit: ViT, encoder_state: nnx.State, *, source_grid: Sequence[int] | None = None) -> None:
+    """Copy pretrained encoder parameters (e.g. ``nnx.state(mae.encoder, nnx.Param)``) into ``vit`` in place.
+
+    A learned position embedding pretrained on ``source_grid`` (patches per dim; default: inferred when the token
+    counts match) is resized to ``vit.grid`` with :func:`resize_pos_embed`. Raises ValueError naming the first
+    parameter whose shape does not match.
+    """
+    flat = dict(nnx.to_flat_state(encoder_state))
+    pos_key = ("pos_embed",)
+    if pos_key in flat and vit.pos_embed is not None:
+        pe = flat[pos_key][...]
+        if pe.shape != vit.pos_embed[...].shape:
+            if source_grid is None:
+                raise ValueError(f"pretrained pos_embed {pe.shape} does not match {vit.pos_embed[...].shape}; pass "
+                                 f"source_grid (patches per dim at pretraining) to resize it")
+            if pe.shape[1] - math.prod(source_grid) != vit.num_prefix_tokens:
+                raise ValueError(f"pretrained pos_embed {pe.shape} on grid {tuple(source_grid)} has a different "
+                                 f"number of prefix (CLS) tokens than this ViT ({vit.num_prefix_tokens})")
+            flat[pos_key] = flat[pos_key].replace(resize_pos_embed(pe, source_grid, vit.grid))
+    target = dict(nnx.to_flat_state(nnx.state(vit, nnx.Param)))
+    for key, var in target.items():
+        if key not in flat:
+            raise ValueError(f"pretrained encoder state has no parameter {'/'.join(map(str, key))}")
+        if flat[key][...].shape != var[...].shape:
+            raise ValueError(f"parameter {'/'.join(map(str, key))}: pretrained shape {flat[key][...].shape} != "
+                             f"model shape {var[...].shape}")
+    nnx.update(vit, nnx.from_flat_state({k: flat[k] for k in target}))

@@ -1,0 +1,267 @@
+"""The MAE pretraining loop: resume, train, log, checkpoint, stop gracefully.
+
+WORKDIR layout::
+
+    config.json              the resolved config of the run
+    checkpoints/<step>/      train state + data-iterator state + meta (config, parameter count)
+    metrics.jsonl            one JSON record per logged step
+    tb/                      TensorBoard events (scalars, reconstruction images)
+    reconstructions/step_XXXXXX.png, loss.png
+
+Guarantees (CPU, same config): the same seed gives bit-identical parameters; a run killed at any moment
+(even SIGKILL) and started again resumes from its last checkpoint at exactly the next batch and mask, and ends
+with the same parameters as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+from medjax.config.schema import Config
+from medjax.errors import ConfigError, TrainingDivergedError
+
+
+def _clean_workdir(workdir: Path) -> None:
+    """--restart: remove checkpoints, metrics, TensorBoard events and figures of an earlier run."""
+    for name in ("checkpoints", "tb", "reconstructions"):
+        shutil.rmtree(workdir / name, ignore_errors=True)
+    for name in ("metrics.jsonl", "loss.png", "config.json"):
+        (workdir / name).unlink(missing_ok=True)
+
+
+def _batch_sizes(cfg: Config, mesh, process_count: int) -> int:
+    """Per-process batch size; raises ConfigError naming train.batch_size when it does not divide."""
+    b = cfg.train.batch_size
+    shards = int(mesh.shape["data"] * mesh.shape["fsdp"])
+    if b % process_count:
+        raise ConfigError(f"train.batch_size={b} must divide by the number of processes ({process_count})")
+    if b % cfg.train.grad_accum:
+        raise ConfigError(f"train.batch_size={b} must divide by train.grad_accum={cfg.train.grad_accum}")
+    if (b // cfg.train.grad_accum) % shards:
+        raise ConfigError(
+            f"train.batch_size={b} / train.grad_accum={cfg.train.grad_accum} must divide by the data-parallel "
+            f"devices (mesh data*fsdp = {shards}); change train.batch_size or mesh.*")
+    return b // process_count
+
+
+def _sync(name: str) -> None:
+    import jax
+
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
+class _Previewer:
+    """Jitted reconstruction of the first ``n`` samples of a batch, replicated on every device."""
+
+    def __init__(self, model_def, spec, n: int = 2):
+        import jax
+        from jax.sharding import NamedSharding, PartitionSpec
+
+        self.n = n
+        replicated = NamedSharding(spec.mesh, PartitionSpec())
+
+        def fn(params, model_state, rng, images):
+            key = jax.random.fold_in(jax.random.wrap_key_data(rng), 0x7FFFFFFF)
+            model = model_def.merge(params, model_state, key)
+            _, aux = model(images, mask_key=key, deterministic=True)
+            r = model.reconstruct(images, aux["pred"], aux["mask"])
+            return {"input": images[:n], "masked": r["masked"][:n], "recon": r["recon"][:n]}
+
+        self._fn = jax.jit(fn, out_shardings=replicated)
+        self._spec = spec
+
+    def __call__(self, state, images) -> dict:
+        import jax
+
+        from medjax.training import sharding as _sh
+
+        with _sh.activate(self._spec.mesh, self._spec.rules):
+            out = self._fn(state.params, state.model_state, state.rng, images)
+        return {k: np.asarray(jax.device_get(v)) for k, v in out.items()}
+
+
+def _tb_images(preview: dict) -> dict:
+    from medjax.training.figures import PLANES_3D, mid_slices, tensorboard_image
+
+    out = {}
+    for i in range(preview["input"].shape[0]):
+        cols = [mid_slices(preview[k][i, ..., 0]) for k in ("input", "masked", "recon")]
+        planes = PLANES_3D if len(cols[0]) == 3 else ("slice",)
+        for p, plane in enumerate(planes):
+            out[f"reconstruction/sample{i}_{plane}"] = tensorboard_image([c[p] for c in cols])
+    return out
+
+
+def pretrain(cfg: Config, workdir, *, restart: bool = False, progress: bool = True) -> dict:
+    """Pretrain the MAE of ``cfg`` in ``workdir``, resuming from its latest checkpoint unless ``restart``.
+
+    Returns a summary dict: ``workdir``, ``checkpoint`` (directory of the last checkpoint), ``step``,
+    ``first_loss``, ``final_loss``, ``seconds``, ``compile_s``, ``samples_per_s``, ``tensorboard`` (command),
+    ``reconstruction_png``, ``loss_png``, ``signal`` (name of a SIGTERM/SIGINT that stopped the run, or None),
+    ``exit_code`` (0; 130 after SIGINT), ``resumed_from`` (step or None) and ``params_digest`` (SHA-256 of the
+    final parameters). The summary is also written to ``WORKDIR/summary.json``.
+
+    Raises:
+      TrainingDivergedError: ``cfg.train.max_nonfinite`` consecutive non-finite steps (state saved first).
+      ConfigError / DataError / CheckpointError: bad settings, data or checkpoints, naming the key or file.
+    """
+    import jax
+
+    from medjax.config.overrides import to_dict, to_json
+    from medjax.data.pipeline import make_iterator, to_global_batch
+    from medjax.training import sharding as _sh
+    from medjax.training.checkpoint import Checkpointer
+    from medjax.training.digest import count_params, params_digest
+    from medjax.training.logging import RunLogger, read_metrics
+    from medjax.training.optim import make_optimizer, make_schedule
+    from medjax.training.signals import StopRequest
+    from medjax.training.state import state_from_dict, state_to_dict, train_state_spec
+    from medjax.training.steps import make_train_step
+
+    t_start = time.time()
+    workdir = Path(workdir).expanduser().absolute()
+    main = jax.process_index() == 0
+    if cfg.task != "mae":
+        raise ConfigError(f"task={cfg.task!r}: `pretrain` trains MAE models; set task=mae or use a fine-tuning command")
+    if restart and main:
+        _clean_workdir(workdir)
+    _sync("medjax-pretrain-clean")
+    if main:
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / "config.json").write_text(to_json(cfg) + "\n")
+
+    mesh = _sh.default_mesh(cfg)
+    per_process = _batch_sizes(cfg, mesh, jax.process_count())
+    schedule = make_schedule(cfg.train)
+    tx = make_optimizer(cfg.train, schedule=schedule)
+    spec = train_state_spec(cfg, mesh, tx=tx)
+    ckpt = Checkpointer(workdir, keep=cfg.checkpoint.keep, every_steps=cfg.checkpoint.every_steps)
+    data = make_iterator(cfg.data, batch_size=per_process, seed=cfg.train.seed,
+                         process_index=jax.process_index(), process_count=jax.process_count())
+    resumed_from = ckpt.latest_step()
+    if resumed_from is not None:
+        restored, data_state, _ = ckpt.restore(resumed_from, abstract_state=state_to_dict(spec.abstract_with_shardings()))
+        state = state_from_dict(restored)
+        if data_state is not None:
+            data.set_state(data_state)
+    else:
+        state = spec.init()
+    start = int(jax.device_get(state.step))
+    num_params = count_params(state.params)
+    meta = {"config": to_dict(cfg), "num_params": int(num_params), "task": "mae"}
+
+    with _sh.activate(mesh, spec.rules):
+        step_fn = make_train_step(spec.model_def, tx, schedule, state_shardings=spec.shardings,
+                                  batch_sharding=_sh.batch_sharding(mesh), grad_accum=cfg.train.grad_accum)
+    bsh = _sh.batch_sharding(mesh)
+    previewer = _Previewer(spec.model_def, spec)
+    logger = RunLogger(workdir, total_steps=cfg.train.steps, start_step=start, enabled=main, progress=progress)
+    if resumed_from is not None:
+        logger.write(f"resumed from {ckpt.directory / str(resumed_from)} (step {resumed_from})")
+    host: dict = {}
+    batch = None
+    compile_s = None
+    first_loss = None
+    step = start
+    t_mark, step_mark = time.time(), start
+    stopped = None
+    save_meta = lambda s: {**meta, "step": int(s), "loss": host.get("loss")}  # noqa: E731
+
+    def save(s: int, force: bool) -> None:
+        ckpt.save(s, state_to_dict(state), data_state=data.get_state(), meta=save_meta(s), force=force)
+
+    try:
+        with StopRequest() as stop:
+            while step < cfg.train.steps:
+                t0 = time.time()
+                batch = to_global_batch(next(data), bsh)
+                with _sh.activate(mesh, spec.rules):
+                    state, metrics = step_fn(state, batch)
+                step += 1
+                host = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                if compile_s is None:
+                    compile_s = time.time() - t0
+                    t_mark, step_mark = time.time(), step
+                if first_loss is None:
+                    first_loss = host["loss"]
+                if step % cfg.checkpoint.every_steps == 0:
+                    save(step, force=False)
+                bad = int(host["nonfinite_count"])
+                done = step == cfg.train.steps
+                if step % max(1, cfg.train.log_every) == 0 or done or step == start + 1 or bad:
+                    now = time.time()
+                    sps = (step - step_mark) * cfg.train.batch_size / (now - t_mark) if step > step_mark else None
+                    host["samples_per_s"] = sps or 0.0
+                    logger.log(step, host)
+                    if step > step_mark:
+                        t_mark, step_mark = now, step
+                logger.progress(step, host["loss"], host.get("samples_per_s"))
+                if cfg.train.image_every and step % cfg.train.image_every == 0 and not done:
+                    logger.images(step, _tb_images(previewer(state, batch["image"])))
+                if bad >= cfg.train.max_nonfinite:
+                    save(step, force=True)
+                    ckpt.wait()
+                    logger.close()
+                    raise TrainingDivergedError(
+                        f"{bad} consecutive non-finite steps at step {step} (loss {host['loss']}, grad norm "
+                        f"{host['grad_norm']}); last good checkpoint: {ckpt.directory / str(step)} "
+                        f"(parameters of step {step - bad}); lower train.lr, raise train.warmup_steps or check "
+                        "the data (`medjax data check`)")
+                if stop.requested:
+                    stopped = stop
+                    break
+            save(step, force=True)
+            ckpt.wait()
+    finally:
+        ckpt.wait()
+        data.close()
+    exit_code = stopped.exit_code if stopped is not None else 0
+    last_dir = ckpt.directory / str(step)
+    if stopped is not None:
+        logger.write(f"received {stopped.name}: saved checkpoint {last_dir}; run the same command to resume")
+
+    summary = {
+        "workdir": str(workdir),
+        "checkpoint": str(last_dir),
+        "step": step,
+        "resumed_from": resumed_from,
+        "first_loss": first_loss,
+        "final_loss": host.get("loss"),
+        "seconds": time.time() - t_start,
+        "compile_s": compile_s,
+        "samples_per_s": host.get("samples_per_s"),
+        "tensorboard": f"tensorboard --logdir {workdir / 'tb'}",
+        "metrics": str(workdir / "metrics.jsonl"),
+        "reconstruction_png": None,
+        "loss_png": None,
+        "signal": stopped.name if stopped is not None else None,
+        "exit_code": exit_code,
+        "num_params": int(num_params),
+        "params_digest": params_digest(state.params),
+    }
+    if batch is not None:
+        preview = previewer(state, batch["image"])
+        if main:
+            from medjax.training.figures import save_loss_curve, save_reconstructions
+
+            logger.images(step, _tb_images(preview))
+            png = workdir / "reconstructions" / f"step_{step:06d}.png"
+            summary["reconstruction_png"] = save_reconstructions(
+                png, preview["input"], preview["masked"], preview["recon"], title=f"{cfg.name}: step {step}")
+            records = [r for r in read_metrics(workdir / "metrics.jsonl") if r.get("loss") is not None]
+            if records:
+                summary["loss_png"] = save_loss_curve(workdir / "loss.png", [r["step"] for r in records],
+                                                      [r["loss"] for r in records], title=f"{cfg.name}: MAE loss")
+                summary["first_loss"] = records[0]["loss"]
+    logger.close()
+    if main:
+        (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary

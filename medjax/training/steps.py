@@ -1,0 +1,132 @@
+"""The pure train step ``(state, batch) -> (state, metrics)``, jitted once with donated state and shardings.
+
+Randomness: step ``s`` uses ``step_key = fold_in(key(state.rng), s)``; masking draws from ``fold_in(step_key, 0)``
+and the model's RNG streams (dropout, drop-path) from ``fold_in(step_key, 1)``, so a resumed run reproduces the
+masks of an uninterrupted one. With gradient accumulation micro-batch ``i`` folds ``i`` into both keys.
+
+Non-finite guard: when the loss, the gradient norm or the update norm is not finite, params and optimizer state are kept, the
+step still advances and ``nonfinite_count`` grows by one (it resets to 0 on a good step).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from medjax.training.state import ModelDef, TrainState
+
+# loss_fn(model, batch, mask_key) -> (scalar loss, aux dict)
+LossFn = Callable[[Any, dict, jax.Array], tuple[jax.Array, dict]]
+
+
+def mae_loss(model, batch: dict, mask_key: jax.Array, *, deterministic: bool = False):
+    """MAE reconstruction loss on ``batch["image"]`` ``(B, *S, C)``; returns ``(loss, aux)`` as the model does."""
+    return model(batch["image"], mask_key=mask_key, deterministic=deterministic)
+
+
+def _split_micro(batch: dict, accum: int) -> dict:
+    """``(B, ...)`` -> ``(accum, B // accum, ...)``; micro-batch ``i`` holds samples ``i, i + accum, ...`` so each
+    one stays spread over the devices that hold the batch."""
+
+    def split(x):
+        b = x.shape[0]
+        x = x.reshape(b // accum, accum, *x.shape[1:])
+        return jnp.moveaxis(x, 1, 0)
+
+    return jax.tree.map(split, batch)
+
+
+def _select(ok, new, old):
+    return jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
+
+
+def train_step_fn(model_def: ModelDef, tx: optax.GradientTransformation, schedule: Callable,
+                  *, loss_fn: LossFn = mae_loss, grad_accum: int = 1) -> Callable:
+    """The un-jitted pure step for ``model_def`` and optimizer ``tx``.
+
+    Args:
+      model_def: from :func:`medjax.training.state.create_train_state`.
+      tx: the optax transformation the state's ``opt_state`` belongs to.
+      schedule: ``step -> lr``, only for the ``lr`` metric.
+      loss_fn: ``(model, batch, mask_key) -> (loss, aux)``.
+      grad_accum: micro-batches per step; the batch's leading dim must divide by it. Gradients and loss are
+        the means over micro-batches (equal to the big-batch values when the loss is a per-batch mean).
+    Returns:
+      ``step(state, batch) -> (state, metrics)`` with metrics ``loss``, ``grad_norm``, ``lr``,
+      ``nonfinite_count`` (scalars).
+    """
+    if grad_accum < 1:
+        raise ValueError(f"train.grad_accum={grad_accum}: must be >= 1")
+
+    def micro_loss(params, model_state, batch, mask_key, rng_key):
+        model = model_def.merge(params, model_state, rng_key)
+        loss, _ = loss_fn(model, batch, mask_key)
+        return loss.astype(jnp.float32)
+
+    grad_fn = jax.value_and_grad(micro_loss)
+
+    def step(state: TrainState, batch: dict):
+        step_key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+        mask_key = jax.random.fold_in(step_key, 0)
+        rng_key = jax.random.fold_in(step_key, 1)
+        if grad_accum == 1:
+            loss, grads = grad_fn(state.params, state.model_state, batch, mask_key, rng_key)
+        else:
+            micro = _split_micro(batch, grad_accum)
+            zeros = jax.tree.map(jnp.zeros_like, state.params)
+
+            def body(carry, xs):
+                i, mb = xs
+                l_sum, g_sum = carry
+                loss_i, g_i = grad_fn(state.params, state.model_state, mb,
+                                      jax.random.fold_in(mask_key, i), jax.random.fold_in(rng_key, i))
+                return (l_sum + loss_i, jax.tree.map(jnp.add, g_sum, g_i)), None
+
+            (loss, grads), _ = jax.lax.scan(
+                body, (jnp.zeros((), jnp.float32), zeros), (jnp.arange(grad_accum), micro))
+            loss = loss / grad_accum
+            grads = jax.tree.map(lambda g: g / grad_accum, grads)
+        grad_norm = optax.tree.norm(grads)
+        updates, new_opt = tx.update(grads, state.opt_state, state.params)
+        new_params = optax.apply_updates(state.params, updates)
+        # a finite gradient can still give a non-finite update (e.g. lr=inf): check the update too
+        ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(optax.tree.norm(updates))
+        count = jnp.where(ok, 0, state.nonfinite_count + 1).astype(jnp.int32)
+        new_state = state.replace(
+            step=state.step + 1,
+            params=_select(ok, new_params, state.params),
+            opt_state=_select(ok, new_opt, state.opt_state),
+            nonfinite_count=count,
+        )
+        metrics = {
+            "loss": loss,
+            "grad_norm": grad_norm,
+            "lr": jnp.asarray(schedule(state.step), jnp.float32),
+            "nonfinite_count": count,
+        }
+        return new_state, metrics
+
+    return step
+
+
+def make_train_step(model_def: ModelDef, tx, schedule, *, state_shardings=None, batch_sharding=None,
+                    loss_fn: LossFn = mae_loss, grad_accum: int = 1, donate: bool = True) -> Callable:
+    """:func:`train_step_fn` wrapped in ``jax.jit`` once, donating the state (argument 0).
+
+    ``state_shardings`` (a TrainState of shardings) pins the state in and out; ``batch_sharding`` (one sharding
+    for every batch array) pins the batch. Metrics come back replicated. Trace inside the mesh context
+    (:func:`medjax.training.sharding.activate`) so activation constraints apply.
+    """
+    fn = train_step_fn(model_def, tx, schedule, loss_fn=loss_fn, grad_accum=grad_accum)
+    kwargs: dict = {"donate_argnums": (0,) if donate else ()}
+    if state_shardings is not None:
+        from jax.sharding import NamedSharding, PartitionSpec
+
+        mesh = jax.tree.leaves(state_shardings)[0].mesh
+        replicated = NamedSharding(mesh, PartitionSpec())
+        kwargs["in_shardings"] = (state_shardings, batch_sharding)
+        kwargs["out_shardings"] = (state_shardings, replicated)
+    return jax.jit(fn, **kwargs)
