@@ -23,6 +23,6 @@ def get_config() -> Config:
             decoder_heads=3,
             mask_ratio=0.75,
         ),
-        train=TrainConfig(steps=300, batch_size=8, lr=1e-3, warmup_steps=30, log_every=10),
+        train=TrainConfig(steps=200, batch_size=8, lr=1e-3, warmup_steps=20, log_every=10),
         checkpoint=CheckpointConfig(every_steps=100, keep=3),
     )

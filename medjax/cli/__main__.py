@@ -1,0 +1,5 @@
+import sys
+
+from medjax.cli import main
+
+sys.exit(main())
