@@ -13,7 +13,6 @@ cropping and padding in one step.
 from __future__ import annotations
 
 import itertools
-import math
 
 import jax
 import jax.numpy as jnp
@@ -212,6 +211,3 @@ def preprocess_record(cfg, record: dict) -> dict:
 
     return preprocess(read_sample(record, mmap=False), cfg.data)
 
-
-def volume_shape_ok(volume: np.ndarray) -> bool:
-    return volume.ndim == 4 and math.prod(volume.shape[:3]) > 0

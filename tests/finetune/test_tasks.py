@@ -41,6 +41,7 @@ def test_class_from_label(tiny_cfg):
     np.testing.assert_array_equal(prepare_batch(cfg, b)["class"], [1, 0])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("task,mode", [("segmentation", "full"), ("classification", "full"),
                                        ("classification", "linear"), ("detection", "full")])
 def test_train_steps_lower_loss_and_linear_probe_freezes_encoder(tiny_cfg, task, mode):
