@@ -16,7 +16,9 @@ def register(sub) -> None:
     p.add_argument("--spacing", type=float, default=1.5, help="target spacing in mm (default 1.5)")
     p.add_argument("--samples-per-volume", type=int, default=2, help="random crops per volume (default 2)")
     p.add_argument("--batch", type=int, default=2, help="batch size (default 2)")
-    p.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
+    p.add_argument("--workers", type=int, default=2, help="parallel read workers (default 2)")
+    p.add_argument("--worker-mode", choices=("threads", "processes"), default="threads",
+                   help="workers as threads of this process (default) or grain worker processes")
     p.add_argument("--epochs", type=int, default=2, help="passes over the data (default 2)")
     p.add_argument("--cache", default=None, metavar="DIR", help="prepared cache to read (built if missing)")
     p.add_argument("--peer", choices=("monai",), default=None, help="also time the same recipe in MONAI")
@@ -31,6 +33,6 @@ def run(args) -> int:
 
     result = run_bench(args.dir, crop=args.crop, spacing=args.spacing, samples_per_volume=args.samples_per_volume,
                        batch=args.batch, workers=args.workers, epochs=args.epochs, cache=args.cache,
-                       peer=args.peer, seed=args.seed)
+                       peer=args.peer, seed=args.seed, worker_mode=args.worker_mode)
     print(json.dumps(result, sort_keys=True))
     return 0

@@ -28,7 +28,7 @@ class DataConfig:
     samples_per_volume: int = 2  # random crops drawn from each volume per epoch
     slice_axis: int = 2  # for spatial_dims=2: the volume axis slices are drawn along (after reorientation)
     augment: bool = True  # random flips, 90-degree rotations and intensity jitter
-    workers: int = 0  # grain worker processes (0: in the main process)
+    workers: int = 2  # parallel read workers (threads by default; 0: read in the calling thread)
     prefetch: int = 2  # batches buffered per worker
     skip_bad: bool = False  # drop unreadable/invalid volumes (logged once) instead of raising
     shuffle: bool = True  # shuffle records every epoch (seeded)

@@ -28,7 +28,7 @@ def bench_config(data_dir: str, *, crop: int = 96, spacing: float = 1.5, samples
                       samples_per_volume=samples_per_volume, augment=True, workers=workers, shuffle=True)
 
 
-def _time_medjax(cfg: DataConfig, *, batch: int, epochs: int, seed: int) -> dict:
+def _time_medjax(cfg: DataConfig, *, batch: int, epochs: int, seed: int, worker_mode: str = "threads") -> dict:
     # libraries are imported before the clock starts, as for the peer (whose imports precede its timing)
     import grain  # noqa: F401
 
@@ -40,7 +40,7 @@ def _time_medjax(cfg: DataConfig, *, batch: int, epochs: int, seed: int) -> dict
     t0 = time.perf_counter()
     first = None
     samples = batches = first_samples = 0
-    it = make_iterator(cfg, batch_size=batch, seed=seed, num_epochs=epochs)
+    it = make_iterator(cfg, batch_size=batch, seed=seed, num_epochs=epochs, worker_mode=worker_mode)
     try:
         for b in it:
             samples += int(b["image"].shape[0])
@@ -64,7 +64,7 @@ def _rates(samples: int, seconds: float, first_samples: int, first: float | None
 
 def run_bench(data_dir: str, *, crop: int = 96, spacing: float = 1.5, samples_per_volume: int = 2, batch: int = 2,
               workers: int = 2, epochs: int = 2, cache: str | None = None, peer: str | None = None,
-              seed: int = 0) -> dict[str, Any]:
+              seed: int = 0, worker_mode: str = "threads") -> dict[str, Any]:
     """Run the benchmark and return one flat, JSON-serialisable dict.
 
     Keys: ``samples_per_s`` (start-up included), ``steady_samples_per_s`` (after the first batch),
@@ -75,7 +75,8 @@ def run_bench(data_dir: str, *, crop: int = 96, spacing: float = 1.5, samples_pe
     """
     settings = {"dir": os.path.abspath(data_dir), "crop": crop, "spacing_mm": spacing,
                 "samples_per_volume": samples_per_volume, "batch": batch, "workers": workers, "epochs": epochs,
-                "cache": os.path.abspath(cache) if cache else None, "peer": peer, "seed": seed}
+                "cache": os.path.abspath(cache) if cache else None, "peer": peer, "seed": seed,
+                "worker_mode": worker_mode}
     result: dict[str, Any] = {"bench": "data", "source": "cache" if cache else "nifti"}
     cfg = bench_config(data_dir, crop=crop, spacing=spacing, samples_per_volume=samples_per_volume,
                        workers=workers, cache=cache)
@@ -84,7 +85,7 @@ def run_bench(data_dir: str, *, crop: int = 96, spacing: float = 1.5, samples_pe
 
         manifest = prepare(data_dir, cache, cfg, workers=max(1, workers))
         result["prepare_seconds"] = manifest["summary"]["seconds"]
-    result.update(_time_medjax(cfg, batch=batch, epochs=epochs, seed=seed))
+    result.update(_time_medjax(cfg, batch=batch, epochs=epochs, seed=seed, worker_mode=worker_mode))
     if peer:
         if peer != "monai":
             raise ValueError(f"unknown peer {peer!r}; the only peer is 'monai'")

@@ -104,6 +104,10 @@ def test_open_cache_returns_memmappable_records(prepared):
     records = open_cache(str(out), cfg)
     assert len(records) == 3
     assert all(os.path.isfile(r["image"]) and os.path.isfile(r["label"]) for r in records)
+    for r in records:  # the foreground voxel list the crops draw from, without scanning the label
+        fg = np.load(r["foreground"], mmap_mode="r")
+        assert fg.dtype == np.int32 and fg.shape[1] == 3 and len(fg) > 0
+        np.testing.assert_array_equal(fg, np.argwhere(np.load(r["label"]) > 0))
 
 
 def test_changed_settings_are_stale(prepared):

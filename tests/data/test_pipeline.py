@@ -141,12 +141,30 @@ def test_restore_mid_epoch_yields_the_remaining_stream(msd, workers):
 
 
 @pytest.mark.slow  # starts worker processes
-def test_augmentation_does_not_depend_on_worker_count(msd):
-    def samples(workers):
-        with make_iterator(cfg_for(msd, workers=workers), batch_size=1, seed=5, num_epochs=1) as it:
-            return sorted((float(b["image"].sum()), b["image"].tobytes()) for b in it)
+def test_restore_mid_epoch_with_worker_processes(msd):
+    cfg = cfg_for(msd, workers=2)
+    with make_iterator(cfg, batch_size=2, seed=1, worker_mode="processes") as it:
+        take(it, 3)
+        state = it.get_state()
+        expected = take(it, 4)
+    with make_iterator(cfg, batch_size=2, seed=1, worker_mode="processes") as fresh:
+        fresh.set_state(state)
+        restored = take(fresh, 4)
+    assert_same(restored, expected)
+    with make_iterator(cfg, batch_size=2, seed=1) as threads, pytest.raises(Exception, match="worker_mode"):
+        threads.set_state(state)  # a state of the process pipeline does not fit the thread pipeline
 
-    assert [s[1] for s in samples(0)] == [s[1] for s in samples(2)]
+
+@pytest.mark.slow  # starts worker processes
+def test_augmentation_does_not_depend_on_worker_count_or_mode(msd):
+    def samples(workers, mode="threads"):
+        cfg = cfg_for(msd, workers=workers)
+        with make_iterator(cfg, batch_size=1, seed=5, num_epochs=1, worker_mode=mode) as it:
+            return [b["image"].tobytes() for b in it]
+
+    base = samples(0)
+    assert samples(1) == base and samples(2) == base  # same order too: the stream does not depend on workers
+    assert sorted(samples(2, "processes")) == sorted(base)  # worker processes interleave their batches
 
 
 def _with_bad_file(tmp_path):

@@ -201,3 +201,36 @@ def test_preprocess_multichannel_mri_zscores_each_channel():
         fg = ch != 0
         assert abs(ch[fg].mean()) < 1e-4 and abs(ch[fg].std() - 1) < 1e-4
     np.testing.assert_allclose(out["image"][..., 0], out["image"][..., 1], atol=1e-4)
+
+
+def test_random_crops_same_with_flat_or_memmapped_foreground_and_augmentation(tmp_path):
+    rng = np.random.default_rng(0)
+    label = (rng.random((20, 18, 16)) > 0.97).astype(np.uint8)
+    image = rng.normal(size=(20, 18, 16, 1)).astype(np.float32)
+    np.save(tmp_path / "fg.npy", np.argwhere(label > 0).astype(np.int32))
+    fg_map = np.load(tmp_path / "fg.npy", mmap_mode="r")
+    cfg = DataConfig(spatial_dims=3, crop_size=(8,), samples_per_volume=5, augment=True)
+    runs = [random_crops(dict(base, image=image, label=label), cfg, np.random.default_rng(9))
+            for base in ({}, {"foreground": fg_map}, {"foreground": np.flatnonzero(label)})]
+    for crops in runs[1:]:
+        for x, y in zip(runs[0], crops):
+            assert y["image"].flags.c_contiguous and y["label"].flags.c_contiguous
+            np.testing.assert_array_equal(x["image"], y["image"])
+            np.testing.assert_array_equal(x["label"], y["label"])
+
+
+def test_preprocess_resample_matches_resample_d_on_fortran_flipped_volumes():
+    from medjax.data.transforms import dictionary as d
+
+    rng = np.random.default_rng(1)
+    image = np.asfortranarray(rng.normal(100, 10, (21, 17, 13)).astype(np.int16))[::-1, :, ::-1]
+    label = np.asfortranarray((rng.random((21, 17, 13)) > 0.5).astype(np.uint8))[::-1, :, ::-1]
+    aff = np.diag([-1.0, 1.3, 2.0, 1.0])
+    cfg = DataConfig(spacing=(1.7, 1.1, 2.5), orientation="LPS", intensity="none", crop_foreground=False,
+                     crop_size=(4,))
+    out = preprocess({"image": image[..., None], "label": label, "affine": aff, "id": "f"}, cfg)
+    ref = d.resample_d(d.reorient_d({"image": image[..., None], "label": label, "affine": aff}, "LPS"),
+                       (1.7, 1.1, 2.5))
+    np.testing.assert_array_equal(out["image"], ref["image"])
+    np.testing.assert_array_equal(out["label"], ref["label"])
+    np.testing.assert_array_equal(out["affine"], ref["affine"])

@@ -13,6 +13,7 @@ import numpy as np
 from medjax.data.transforms import augment, dictionary as d
 from medjax.data.transforms.crops import balanced_crop_slices, foreground_voxels, random_crop_slices
 from medjax.data.transforms.intensity import ct_window, zscore_foreground
+from medjax.data.transforms.resample import resample, resample_geometry
 from medjax.data.transforms.spatial import (
     broadcast_tuple,
     check_affine,
@@ -119,7 +120,7 @@ def preprocess(sample: dict, cfg) -> dict:
     s = d.reorient_d(s, cfg.orientation)
     if cfg.spacing:
         current = tuple(np.sqrt((s["affine"][:3, :3] ** 2).sum(axis=0)))
-        s = d.resample_d(s, _volume_spacing(cfg, current))
+        s = _resample_sample(s, _volume_spacing(cfg, current))
     if cfg.crop_foreground:
         threshold = float(cfg.ct_window[0]) if cfg.intensity == "ct" else 0.0
         s = d.crop_foreground_d(s, threshold=threshold)
@@ -138,6 +139,48 @@ def preprocess(sample: dict, cfg) -> dict:
     out["affine"] = s["affine"]
     out["orig_affine"] = affine.copy()
     out["orig_shape"] = tuple(int(v) for v in image.shape[:3])
+    return out
+
+
+def _memory_order(array: np.ndarray):
+    """``(view, axes)``: ``array`` (positive strides) as a C-contiguous view with its axes permuted into
+    memory order (``view == array.transpose(axes)``), copying only if no permutation is contiguous."""
+    axes = [int(a) for a in np.argsort([-s for s in array.strides], kind="stable")]
+    view = array.transpose(axes)
+    if not view.flags.c_contiguous:
+        view = np.ascontiguousarray(view)
+    return view, axes
+
+
+def _resample_in_memory_order(array: np.ndarray, affine: np.ndarray, spacing, order: int) -> np.ndarray:
+    """:func:`~medjax.data.transforms.resample.resample` of a 3D ``(X, Y, Z)`` array of any memory layout.
+
+    NIfTI volumes arrive in Fortran order and reorientation adds flips and transposes; ``np.take`` along an
+    axis first copies a non-C-contiguous input into C order, once per axis. Resampling the array as a
+    C-contiguous view in its own memory order (the affine's columns permuted to match) and transposing the
+    result back gives the same values without those copies (about twice as fast on 1 mm brain MRI).
+    """
+    # a copy with positive strides in the same memory order (images become float32, as resample does)
+    src = array.astype(np.float32, order="K") if order > 0 else np.array(array, order="K")
+    view, axes = _memory_order(src)
+    perm_affine = np.asarray(affine, np.float64)[:, axes + [3]]
+    out, _ = resample(view, perm_affine, tuple(spacing[a] for a in axes), order=order, has_channels=False)
+    return out.transpose(np.argsort(axes))
+
+
+def _resample_sample(s: dict, spacing) -> dict:
+    """Resample ``s["image"]`` ``(X, Y, Z, C)`` (linear, float32) and ``s["label"]`` (nearest) to ``spacing`` mm
+    per axis, as :func:`~medjax.data.transforms.dictionary.resample_d` (same grid, affine and values), with
+    each channel resampled in its memory order (:func:`_resample_in_memory_order`)."""
+    image, affine = s["image"], s["affine"]
+    new_shape, new_affine, _ = resample_geometry(affine, image.shape[:3], spacing)
+    chans = [_resample_in_memory_order(image[..., c], affine, spacing, 1) for c in range(image.shape[-1])]
+    out = dict(s)
+    out["image"] = chans[0][..., None] if len(chans) == 1 else np.stack(chans, axis=-1)
+    out["affine"] = new_affine
+    if s.get("label") is not None:
+        out["label"] = _resample_in_memory_order(s["label"], affine, spacing, 0)
+    assert out["image"].shape[:3] == tuple(new_shape), (out["image"].shape, new_shape)
     return out
 
 
