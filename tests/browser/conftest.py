@@ -153,6 +153,7 @@ class LabPage:
     def __init__(self, page, server):
         self.page = page
         self.server = server
+        self.notebook = None  # locator of the open notebook's panel
         self.console: list[str] = []
         page.on("console", lambda m: self.console.append(f"{m.type}: {m.text}"))
         page.on("pageerror", lambda e: self.console.append(f"pageerror: {e}"))
@@ -171,6 +172,17 @@ class LabPage:
         self.page.wait_for_function(
             "() => window.jupyterapp.shell.currentWidget.sessionContext.session?.kernel?.status === 'idle'",
             timeout=timeout_s * 1000)
+        self.page.evaluate("() => window.jupyterapp.shell.collapseLeft()")  # more room for the notebook
+        panel_id = self.page.evaluate("() => window.jupyterapp.shell.currentWidget.id")
+        self.notebook = self.page.locator(f"[id='{panel_id}']")  # queries stay inside this notebook's panel
+
+    def close_notebook(self) -> None:
+        """Shut the current notebook's kernel down and close its tab (without saving)."""
+        self.page.evaluate("""async () => {
+            const w = window.jupyterapp.shell.currentWidget;
+            await w.sessionContext.shutdown(); w.dispose();
+        }""")
+        self.notebook = None
 
     def run_all(self, timeout_s: float = 600) -> dict:
         """Run every cell (JupyterLab's ``notebook:run-all-cells``); wait until all ran or one failed."""
@@ -187,13 +199,15 @@ class LabPage:
         raise AssertionError(f"cells still running after {timeout_s:.0f} s: {state}")
 
     def widget_images(self):
-        """Locator of the ipywidgets images that have content (a ``blob:``/``data:`` src)."""
-        return self.page.locator(".jp-OutputArea-output .widget-image[src^='blob:'], "
-                                 ".jp-OutputArea-output .widget-image[src^='data:']")
+        """Locator of the open notebook's ipywidgets images that have content (a ``blob:``/``data:`` src)."""
+        return self.notebook.locator(".jp-OutputArea-output .widget-image[src^='blob:'], "
+                                     ".jp-OutputArea-output .widget-image[src^='data:']")
 
     def wait_for_widget_images(self, count: int = 1, timeout_s: float = 60) -> None:
+        """Wait until the open notebook shows ``count`` widget images that have loaded (decoded, non-empty)."""
         self.page.wait_for_function(
-            """(n) => Array.from(document.querySelectorAll('.jp-OutputArea-output .widget-image'))
+            """(n) => Array.from(document.querySelectorAll(
+                     `[id="${window.jupyterapp.shell.currentWidget.id}"] .jp-OutputArea-output .widget-image`))
                  .filter(i => i.src && (i.src.startsWith('blob:') || i.src.startsWith('data:'))
                               && i.naturalWidth > 0).length >= n""",
             arg=count, timeout=timeout_s * 1000)

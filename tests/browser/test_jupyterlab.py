@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
+import time
 from pathlib import Path
 
 import nbformat
@@ -79,7 +80,7 @@ def test_widget_slider_round_trip_in_real_browser(tmp_path, start_lab_for, lab_p
     lab.wait_for_widget_images(1)
     image = lab.widget_images().first
     before = lab.image_digest(image)
-    readout = lab.move_slider(lab.slider(lab.page, "slice"), presses=3)
+    readout = lab.move_slider(lab.slider(lab.notebook, "slice"), presses=3)
     assert readout.strip() == "5"
     lab.wait_for_change(image, before)
     lab.settle(image)
@@ -96,12 +97,16 @@ def test_widget_slider_round_trip_in_real_browser(tmp_path, start_lab_for, lab_p
 
 
 # Per notebook: the slider (by its description) to move in the first widget output holding an image, and how many
-# widget images must render. None: no slider check in that notebook (its first image is a live curve).
+# widget images must render. None: no slider check in that notebook (its first image is a live curve). "button":
+# a button in that output to click (the launcher's "Reconstruction" opens a viewer: one more image must appear).
 CHECKS = {
     "01_explore_data.ipynb": {"slider": "axial", "images": 2},
-    "02_pretrain_mae.ipynb": {"slider": None, "images": 1},
+    "02_pretrain_mae.ipynb": {"slider": None, "images": 1, "button": "Reconstruction"},
     "03_reconstructions_and_attention.ipynb": {"slider": "slice", "images": 2},
 }
+
+
+_CELL_OUTPUT = ".jp-Cell-outputArea > .jp-OutputArea-child > .jp-OutputArea-output"  # not outputs nested in widgets
 
 
 def _check_notebook(lab, name: str, check: dict) -> dict:
@@ -110,8 +115,8 @@ def _check_notebook(lab, name: str, check: dict) -> dict:
     state = lab.run_all(timeout_s=600)
     assert not state["errors"], f"{name}:\n" + "\n".join(state["errors"])
     lab.wait_for_widget_images(check["images"], timeout_s=120)
-    page = lab.page
-    output = page.locator(".jp-OutputArea-output").filter(has=page.locator(".widget-image")).first
+    page, notebook = lab.page, lab.notebook
+    output = notebook.locator(_CELL_OUTPUT).filter(has=page.locator(".widget-image")).first
     image = output.locator(".widget-image").first
     before = lab.image_digest(image)
     result = {"cells": state["cells"], "image": before}
@@ -125,11 +130,27 @@ def _check_notebook(lab, name: str, check: dict) -> dict:
         lab.settle(image)
         result["image_after"] = lab.image_digest(image)
         assert result["image_after"] != before
-    output.scroll_into_view_if_needed()
-    page.wait_for_timeout(300)
+    if check.get("button"):
+        loaded = output.locator(".widget-image[src^='blob:'], .widget-image[src^='data:']")
+        shown = loaded.count()
+        output.locator("button", has_text=check["button"]).first.click()
+        deadline = time.monotonic() + 180
+        while loaded.count() <= shown:
+            assert time.monotonic() < deadline, f"{name}: clicking {check['button']!r} showed no new image"
+            page.wait_for_timeout(500)
+        lab.settle(loaded.last)
+        result["clicked"] = check["button"]
     stem = Path(name).stem
-    result["screenshot"] = str(lab.screenshot(stem, output))
+    outputs = notebook.locator(_CELL_OUTPUT).filter(has=page.locator(".widget-image"))
+    result["screenshots"] = []
+    for i in range(outputs.count()):  # every cell's widget view, for the README; then the whole window
+        item = outputs.nth(i)
+        item.scroll_into_view_if_needed()
+        page.wait_for_timeout(300)
+        result["screenshots"].append(str(lab.screenshot(stem if i == 0 else f"{stem}_{i + 1}", item)))
+    output.scroll_into_view_if_needed()
     result["window"] = str(lab.screenshot(f"{stem}_window"))
+    lab.close_notebook()  # frees its kernel (JAX, the model) before the next notebook starts one
     return result
 
 
@@ -148,4 +169,13 @@ def test_notebooks_in_real_browser(tmp_path, start_lab_for, lab_page):
     if os.environ.get("MEDJAX_UPDATE_SCREENSHOTS") == "1":  # refresh the README's pictures on purpose only
         DOCS_SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         for r in results.values():
-            shutil.copy(r["screenshot"], DOCS_SCREENSHOTS / Path(r["screenshot"]).name)
+            for shot in r["screenshots"]:
+                save_small_png(shot, DOCS_SCREENSHOTS / Path(shot).name)
+
+
+def save_small_png(src, dst, colors: int = 128) -> None:
+    """Copy a screenshot as a palette PNG (about half the bytes; widgets and figures lose nothing visible)."""
+    from PIL import Image
+
+    with Image.open(src) as im:
+        im.convert("RGB").quantize(colors=colors, method=Image.Quantize.MEDIANCUT).save(dst, optimize=True)

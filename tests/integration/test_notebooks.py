@@ -2,8 +2,9 @@
 
 They run on copies in a temporary folder with ``MEDJAX_NOTEBOOK_DATA`` / ``MEDJAX_NOTEBOOK_RUNS`` pointing there
 and small settings (``MEDJAX_NOTEBOOK_SUBJECTS``, ``..._RESOLUTION_MM``, ``..._STEPS``, ``..._VARIANT``), so
-nothing is written into the repository. Each notebook asserts what it shows; any error output fails the test with the cell's
-source and traceback. All three run in one test because 02 trains the checkpoint that 03 loads.
+nothing is written into the repository. Each notebook asserts what it shows; any error output fails the test
+with the cell's source and traceback. All three run in one test because 02 trains the checkpoint that 03 loads
+(and so that pytest-xdist cannot split them across workers).
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ SMALL_SETTINGS = {
 def notebook_env(root: Path) -> dict[str, str]:
     """Environment for notebooks run under ``root`` (data in root/data/demo, runs in root/runs/notebook)."""
     env = dict(SMALL_SETTINGS)
+    # MEDJAX_NOTEBOOK_* set by the caller win (e.g. finer settings when refreshing the README's screenshots)
+    env.update({k: v for k, v in os.environ.items() if k.startswith("MEDJAX_NOTEBOOK_")})
     env["MEDJAX_NOTEBOOK_DATA"] = str(root / "data" / "demo")
     env["MEDJAX_NOTEBOOK_RUNS"] = str(root / "runs" / "notebook")
     return env
