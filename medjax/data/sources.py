@@ -198,6 +198,11 @@ def _resolve(base: str, p, where: tuple[str, str], key: str) -> str:
     return os.path.normpath(p if os.path.isabs(p) else os.path.join(base, p))
 
 
+def _looks_like_path(value) -> bool:
+    """Extra manifest values that name files (e.g. MSD-style ``"lesion": "./lesionsTr/x.nii.gz"``) are resolved too."""
+    return isinstance(value, str) and (is_nifti_path(value) or value.startswith(("./", "../")))
+
+
 def _id_of(image: str) -> str:
     name = os.path.basename(image.rstrip(os.sep))
     return nifti_stem(name) if is_nifti_path(name) else os.path.splitext(name)[0] if name.lower().endswith(
@@ -252,7 +257,8 @@ def _entry_record(entry, base: str, where: tuple[str, str]) -> dict:
     label = entry.get("label")
     label = _resolve(base, label, where, "label") if label not in (None, "") else None
     rid = str(entry["id"]) if entry.get("id") not in (None, "") else _id_of(image)
-    extra = {k: v for k, v in entry.items() if k not in _CORE}
+    extra = {k: (_resolve(base, v, where, k) if _looks_like_path(v) else v)
+             for k, v in entry.items() if k not in _CORE}
     return _record(rid, image, label, _parse_class(entry.get("class"), where),
                    _parse_boxes(entry.get("boxes"), where), **extra)
 

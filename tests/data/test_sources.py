@@ -136,3 +136,15 @@ def test_json_manifest_forms_and_errors(tmp_path):
     m.write_text(json.dumps([{"image": "img/a.nii.gz", "id": "custom", "boxes": [[0, 0, 0, 1, 1, 1]]}]))
     rec = load_records(m)[0]
     assert rec["id"] == "custom" and rec["boxes"] == [[0.0, 0.0, 0.0, 1.0, 1.0, 1.0]]
+
+
+def test_extra_path_keys_are_resolved_against_the_manifest(tmp_path):
+    import json as _json
+
+    from medjax.data.sources import load_records
+
+    (tmp_path / "dataset.json").write_text(_json.dumps({"training": [
+        {"image": "./imagesTr/a.nii.gz", "lesion": "./lesionsTr/a.nii.gz", "note": "keep me"}]}))
+    rec = load_records(str(tmp_path / "dataset.json"), must_exist=False)[0]
+    assert rec["lesion"] == str(tmp_path / "lesionsTr" / "a.nii.gz")
+    assert rec["note"] == "keep me"
