@@ -60,8 +60,8 @@ class Checkpointer:
         if read_only and not self.directory.is_dir():
             raise CheckpointError(f"no checkpoint directory {self.directory}; train first or check WORKDIR")
         options = ocp.CheckpointManagerOptions(
-            max_to_keep=keep,
-            save_interval_steps=1,
+            max_to_keep=None if read_only else keep,
+            save_interval_steps=0 if read_only else 1,
             create=not read_only,
             read_only=read_only,
             cleanup_tmp_directories=not read_only,
@@ -72,7 +72,17 @@ class Checkpointer:
             "data": ocp.JsonCheckpointHandler(),
             "meta": ocp.JsonCheckpointHandler(),
         }
-        self._mgr = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
+        if read_only:  # orbax warns at length that a read-only manager will not save; that is the point here
+            from absl import logging as absl_logging
+
+            verbosity = absl_logging.get_verbosity()
+            absl_logging.set_verbosity(absl_logging.ERROR)
+            try:
+                self._mgr = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
+            finally:
+                absl_logging.set_verbosity(verbosity)
+        else:
+            self._mgr = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
         # orbax deletes leftover temporary directories in the background; finish that before anything else
         await_cleanup = getattr(self._mgr, "_maybe_await_cleanup_tmp_directory", None)
         if callable(await_cleanup):
