@@ -15,6 +15,9 @@ def register(subparsers) -> None:
     p.add_argument("--batch", type=int, default=None, help="global batch (default: the config's train.batch_size)")
     p.add_argument("--peak-tflops", type=float, default=None,
                    help="peak TFLOP/s per device for MFU (default: looked up by device kind; none on CPU)")
+    p.add_argument("--compile-only", action="store_true",
+                   help="no steps: compile the step on abstract inputs and print the per-device memory of the "
+                        "train state (from its shardings) and of the compiled program (XLA memory analysis)")
     p.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                    help="config overrides, e.g. --set model.variant=S/16 model.dtype=bfloat16")
     p.set_defaults(func=run)
@@ -27,6 +30,64 @@ def run(args) -> int:
     from medjax.training.bench import bench_train
 
     cfg = load_config(args.config, args.overrides)
-    result = bench_train(cfg, steps=args.steps, batch=args.batch, peak=args.peak_tflops)
+    if args.compile_only:
+        result = memory_report(cfg, batch=args.batch)
+    else:
+        result = bench_train(cfg, steps=args.steps, batch=args.batch, peak=args.peak_tflops)
     print(json.dumps(result), flush=True)
     return 0
+
+
+def memory_report(cfg, *, batch: int | None = None) -> dict:
+    """Per-device bytes of ``cfg``'s train state and train step on the mesh of ``cfg.mesh``; nothing is allocated.
+
+    ``state_bytes_per_device`` comes from the state shardings (params + AdamW moments + scalars);
+    ``compiled_*_bytes`` from XLA's memory analysis of the step compiled on abstract (``ShapeDtypeStruct``)
+    inputs: ``argument`` = the device's state and batch shards, ``total`` = argument + output + temp - alias.
+    """
+    import dataclasses
+    import time
+
+    import jax
+    import numpy as np
+
+    from medjax.parallel.sharding import compiled_memory, sharded_bytes
+    from medjax.training import sharding as _sh
+    from medjax.training.digest import count_params
+    from medjax.training.optim import make_optimizer, make_schedule
+    from medjax.training.state import input_shape, train_state_spec
+    from medjax.training.steps import make_train_step
+
+    if batch is not None:
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, batch_size=int(batch)))
+    mesh = _sh.default_mesh(cfg)
+    schedule = make_schedule(cfg.train)
+    tx = make_optimizer(cfg.train, schedule=schedule)
+    spec = train_state_spec(cfg, mesh, tx=tx)
+    bsh = _sh.batch_sharding(mesh)
+    images = jax.ShapeDtypeStruct((cfg.train.batch_size, *input_shape(cfg)), np.float32, sharding=bsh)
+    t0 = time.perf_counter()
+    with _sh.activate(mesh, spec.rules):
+        step = make_train_step(spec.model_def, tx, schedule, state_shardings=spec.shardings, batch_sharding=bsh,
+                               grad_accum=cfg.train.grad_accum)
+        compiled = step.lower(spec.abstract_with_shardings(), {"image": images}).compile()
+    compile_s = time.perf_counter() - t0
+    state = sharded_bytes(spec.abstract, spec.shardings)
+    mem = compiled_memory(compiled)
+    return {
+        "benchmark": "train-memory",
+        "config": cfg.name,
+        "variant": cfg.model.variant,
+        "input": list(input_shape(cfg)),
+        "batch": cfg.train.batch_size,
+        "devices": jax.device_count(),
+        "mesh": {k: int(v) for k, v in mesh.shape.items()},
+        "params": int(count_params(spec.abstract.params)),
+        "state_bytes_total": state["total"],
+        "state_bytes_per_device": state["per_device"],
+        "state_bytes_replicated": state["replicated"],
+        "state_fraction_per_device": state["per_device"] / state["total"],
+        **{f"compiled_{k}_bytes": v for k, v in mem.items() if k != "total"},
+        "compiled_bytes_per_device": mem["total"],
+        "compile_s": compile_s,
+    }

@@ -20,17 +20,37 @@ def register(subparsers) -> None:
     p.add_argument("--restart", action="store_true",
                    help="delete WORKDIR's checkpoints, metrics and logs and start from step 0")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs still go to WORKDIR)")
+    g = p.add_argument_group(
+        "multi-process", "Run the same command in every process. Without these flags (or MEDJAX_* variables) JAX "
+        "detects TPU pods, SLURM and Open MPI jobs itself; otherwise the run is a single process.")
+    g.add_argument("--coordinator", default=None, metavar="HOST:PORT",
+                   help="process 0's address for jax.distributed (env MEDJAX_COORDINATOR)")
+    g.add_argument("--num-processes", type=int, default=None, metavar="N",
+                   help="number of processes (env MEDJAX_NUM_PROCESSES)")
+    g.add_argument("--process-id", type=int, default=None, metavar="I",
+                   help="this process's index in [0, N) (env MEDJAX_PROCESS_ID)")
+    g.add_argument("--data-shards", type=int, default=None, metavar="S",
+                   help="split the data into S shards (a multiple of the process count; default: one per "
+                        "process); runs with the same S see the same global batches whatever the process count")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
+    from medjax.parallel.distributed import setup
+
+    setup(args.coordinator, args.num_processes, args.process_id)  # before any JAX computation
+
     from medjax.config import load_config
     from medjax.training.loop import pretrain
 
     cfg = load_config(args.config, args.overrides)
     workdir = args.workdir or f"runs/{cfg.name}"
-    summary = pretrain(cfg, workdir, restart=args.restart, progress=not args.no_progress)
-    print_summary(summary)
+    summary = pretrain(cfg, workdir, restart=args.restart, progress=not args.no_progress,
+                       data_shards=args.data_shards)
+    import jax
+
+    if jax.process_index() == 0:
+        print_summary(summary)
     return int(summary["exit_code"])
 
 

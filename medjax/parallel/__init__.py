@@ -25,10 +25,12 @@ from medjax.parallel.rules import (
 )
 from medjax.parallel.sharding import (
     batch_sharding,
+    compiled_memory,
     create_sharded,
     device_bytes,
     path_str,
     per_device_bytes,
+    sharded_bytes,
     state_shardings,
     with_shardings,
 )
@@ -41,6 +43,7 @@ __all__ = [
     "Rules",
     "active",
     "batch_sharding",
+    "compiled_memory",
     "constrain",
     "create_sharded",
     "device_bytes",
@@ -52,6 +55,7 @@ __all__ = [
     "path_str",
     "per_device_bytes",
     "rules_for",
+    "sharded_bytes",
     "state_shardings",
     "use_mesh",
     "with_shardings",

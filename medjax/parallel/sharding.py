@@ -184,3 +184,46 @@ def per_device_bytes(compiled_or_arrays) -> int:
         )
     sizes = device_bytes(compiled_or_arrays)
     return max(sizes.values()) if sizes else 0
+
+
+def sharded_bytes(abstract, shardings) -> dict[str, int]:
+    """Bytes of a pytree laid out by ``shardings``, computed without allocating anything.
+
+    Args:
+      abstract: pytree of ``jax.ShapeDtypeStruct`` (or arrays); shardings: matching pytree of ``Sharding``.
+
+    Returns:
+      ``{"total": global bytes, "per_device": the most bytes any one device holds, "replicated": bytes of
+      leaves every device holds whole}``. Under FSDP over ``N`` devices ``per_device`` is about ``total / N``
+      plus the replicated remainder (scalars, small or indivisible leaves).
+    """
+    import math
+
+    import jax
+    import numpy as np
+
+    per: dict = {}
+    total = replicated = 0
+    for leaf, sh in zip(jax.tree.leaves(abstract), jax.tree.leaves(shardings)):
+        shape = tuple(leaf.shape)
+        item = np.dtype(leaf.dtype).itemsize
+        size = math.prod(shape) * item
+        total += size
+        if sh.is_fully_replicated:
+            replicated += size
+        for device, index in sh.devices_indices_map(shape).items():
+            n = math.prod(len(range(*s.indices(d))) for s, d in zip(index, shape)) * item if shape else item
+            per[device] = per.get(device, 0) + n
+    return {"total": int(total), "per_device": int(max(per.values())) if per else 0, "replicated": int(replicated)}
+
+
+def compiled_memory(compiled) -> dict[str, int]:
+    """XLA's per-device memory analysis of a ``jax.stages.Compiled``: ``argument``, ``output``, ``temp``,
+    ``alias`` (donated, counted once) and ``total`` = argument + output + temp - alias, in bytes."""
+    m = compiled.memory_analysis()
+    if m is None:
+        raise ValueError("this backend gives no memory analysis for the compiled function")
+    out = {"argument": int(m.argument_size_in_bytes), "output": int(m.output_size_in_bytes),
+           "temp": int(m.temp_size_in_bytes), "alias": int(m.alias_size_in_bytes)}
+    out["total"] = out["argument"] + out["output"] + out["temp"] - out["alias"]
+    return out

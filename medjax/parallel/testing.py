@@ -25,6 +25,32 @@ def run_with_devices(code: str, devices: int = 8, *, timeout: float = 300, cwd=N
 
     Raises AssertionError with the tail of stderr when the process fails.
     """
+    return spawn_with_devices(code, devices, cwd=cwd, env=env).result(timeout)
+
+
+class Pending:
+    """A snippet running in a subprocess (from :func:`spawn_with_devices`); ``result()`` waits for its ``emit``."""
+
+    def __init__(self, proc: subprocess.Popen):
+        self.proc = proc
+
+    def result(self, timeout: float = 300):
+        try:
+            out, err = self.proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            out, err = self.proc.communicate()
+            raise AssertionError(f"snippet timed out after {timeout} s:\n{err[-4000:]}") from None
+        if self.proc.returncode != 0:
+            raise AssertionError(f"snippet failed with exit code {self.proc.returncode}:\n{err[-4000:]}")
+        for line in reversed(out.splitlines()):
+            if line.startswith(_MARK):
+                return json.loads(line[len(_MARK):])
+        return None
+
+
+def spawn_with_devices(code: str, devices: int = 8, *, cwd=None, env: dict | None = None) -> Pending:
+    """Start ``code`` with ``devices`` CPU devices without waiting (run several side by side)."""
     full_env = dict(os.environ)
     full_env.update(
         JAX_PLATFORMS="cpu",
@@ -32,17 +58,12 @@ def run_with_devices(code: str, devices: int = 8, *, timeout: float = 300, cwd=N
         TF_CPP_MIN_LOG_LEVEL="3",
     )
     full_env.update(env or {})
-    proc = subprocess.run(
+    proc = subprocess.Popen(
         [sys.executable, "-c", _PRELUDE + textwrap.dedent(code)],
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=timeout,
         cwd=cwd,
         env=full_env,
     )
-    if proc.returncode != 0:
-        raise AssertionError(f"snippet failed with exit code {proc.returncode}:\n{proc.stderr[-4000:]}")
-    for line in reversed(proc.stdout.splitlines()):
-        if line.startswith(_MARK):
-            return json.loads(line[len(_MARK):])
-    return None
+    return Pending(proc)

@@ -26,7 +26,7 @@ from medjax.config.schema import Config
 from medjax.errors import ConfigError, TrainingDivergedError
 
 
-def _clean_workdir(workdir: Path) -> None:
+def clean_workdir(workdir: Path) -> None:
     """--restart: remove checkpoints, metrics, TensorBoard events and figures of an earlier run."""
     for name in ("checkpoints", "tb", "reconstructions"):
         shutil.rmtree(workdir / name, ignore_errors=True)
@@ -34,7 +34,7 @@ def _clean_workdir(workdir: Path) -> None:
         (workdir / name).unlink(missing_ok=True)
 
 
-def _batch_sizes(cfg: Config, mesh, process_count: int) -> int:
+def batch_sizes(cfg: Config, mesh, process_count: int) -> int:
     """Per-process batch size; raises ConfigError naming train.batch_size when it does not divide."""
     b = cfg.train.batch_size
     shards = int(mesh.shape["data"] * mesh.shape["fsdp"])
@@ -49,13 +49,15 @@ def _batch_sizes(cfg: Config, mesh, process_count: int) -> int:
     return b // process_count
 
 
+# older private names, kept for callers that imported them
+_clean_workdir = clean_workdir
+_batch_sizes = batch_sizes
+
+
 def _sync(name: str) -> None:
-    import jax
+    from medjax.parallel.distributed import barrier
 
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        multihost_utils.sync_global_devices(name)
+    barrier(name)
 
 
 class _Previewer:
@@ -100,7 +102,8 @@ def _tb_images(preview: dict) -> dict:
     return out
 
 
-def pretrain(cfg: Config, workdir, *, restart: bool = False, progress: bool = True) -> dict:
+def pretrain(cfg: Config, workdir, *, restart: bool = False, progress: bool = True,
+             data_shards: int | None = None) -> dict:
     """Pretrain the MAE of ``cfg`` in ``workdir``, resuming from its latest checkpoint unless ``restart``.
 
     Returns a summary dict: ``workdir``, ``checkpoint`` (directory of the last checkpoint), ``step``,
@@ -109,6 +112,12 @@ def pretrain(cfg: Config, workdir, *, restart: bool = False, progress: bool = Tr
     ``exit_code`` (0; 130 after SIGINT), ``resumed_from`` (step or None) and ``params_digest`` (SHA-256 of the
     final parameters). The summary is also written to ``WORKDIR/summary.json``.
 
+    Multi-process (after :func:`medjax.parallel.distributed.setup`): every process runs this function; each
+    reads its data shards, only process 0 logs and writes files, checkpoints are written once by all together.
+    ``data_shards`` (default: the process count) fixes the global batch independently of the process count
+    (rule in :mod:`medjax.parallel.distributed`): 2 processes and 1 process with ``data_shards=2`` see the
+    same batches.
+
     Raises:
       TrainingDivergedError: ``cfg.train.max_nonfinite`` consecutive non-finite steps (state saved first).
       ConfigError / DataError / CheckpointError: bad settings, data or checkpoints, naming the key or file.
@@ -116,7 +125,8 @@ def pretrain(cfg: Config, workdir, *, restart: bool = False, progress: bool = Tr
     import jax
 
     from medjax.config.overrides import to_dict, to_json
-    from medjax.data.pipeline import make_iterator, to_global_batch
+    from medjax.data.pipeline import to_global_batch
+    from medjax.parallel import distributed as _dist
     from medjax.training import sharding as _sh
     from medjax.training.checkpoint import Checkpointer
     from medjax.training.digest import count_params, params_digest
@@ -144,8 +154,8 @@ def pretrain(cfg: Config, workdir, *, restart: bool = False, progress: bool = Tr
     tx = make_optimizer(cfg.train, schedule=schedule)
     spec = train_state_spec(cfg, mesh, tx=tx)
     ckpt = Checkpointer(workdir, keep=cfg.checkpoint.keep, every_steps=cfg.checkpoint.every_steps)
-    data = make_iterator(cfg.data, batch_size=per_process, seed=cfg.train.seed,
-                         process_index=jax.process_index(), process_count=jax.process_count())
+    data = _dist.make_data_iterator(cfg.data, global_batch=cfg.train.batch_size, seed=cfg.train.seed,
+                                    num_shards=data_shards)
     resumed_from = ckpt.latest_step()
     if resumed_from is not None:
         restored, data_state, _ = ckpt.restore(resumed_from, abstract_state=state_to_dict(spec.abstract_with_shardings()))
@@ -162,6 +172,7 @@ def pretrain(cfg: Config, workdir, *, restart: bool = False, progress: bool = Tr
         step_fn = make_train_step(spec.model_def, tx, schedule, state_shardings=spec.shardings,
                                   batch_sharding=_sh.batch_sharding(mesh), grad_accum=cfg.train.grad_accum)
     bsh = _sh.batch_sharding(mesh)
+    _dist.check_process_rows(bsh, per_process * jax.process_count())
     previewer = _Previewer(spec.model_def, spec)
     logger = RunLogger(workdir, total_steps=cfg.train.steps, start_step=start, enabled=main, progress=progress)
     if resumed_from is not None:
@@ -176,7 +187,8 @@ def pretrain(cfg: Config, workdir, *, restart: bool = False, progress: bool = Tr
     save_meta = lambda s: {**meta, "step": int(s), "loss": host.get("loss")}  # noqa: E731
 
     def save(s: int, force: bool) -> None:
-        ckpt.save(s, state_to_dict(state), data_state=data.get_state(), meta=save_meta(s), force=force)
+        ckpt.save(s, state_to_dict(state), data_state=_dist.gather_data_state(data), meta=save_meta(s),
+                  force=force)
 
     try:
         with StopRequest() as stop:
@@ -184,6 +196,10 @@ def pretrain(cfg: Config, workdir, *, restart: bool = False, progress: bool = Tr
                 t0 = time.time()
                 batch = to_global_batch(next(data), bsh)
                 with _sh.activate(mesh, spec.rules):
+                    if compile_s is None and jax.process_count() > 1:
+                        # compile everywhere, then start together: gloo collectives wait only 30 s for peers
+                        step_fn = step_fn.lower(state, batch).compile()
+                        _sync("medjax-step-compiled")
                     state, metrics = step_fn(state, batch)
                 step += 1
                 host = {k: float(v) for k, v in jax.device_get(metrics).items()}
@@ -215,7 +231,8 @@ def pretrain(cfg: Config, workdir, *, restart: bool = False, progress: bool = Tr
                         f"{host['grad_norm']}); last good checkpoint: {ckpt.directory / str(step)} "
                         f"(parameters of step {step - bad}); lower train.lr, raise train.warmup_steps or check "
                         "the data (`medjax data check`)")
-                if stop.requested:
+                # a signal may reach the processes at different steps: all stop when any got one
+                if _dist.any_process(stop.requested):
                     stopped = stop
                     break
             save(step, force=True)
@@ -248,6 +265,7 @@ def pretrain(cfg: Config, workdir, *, restart: bool = False, progress: bool = Tr
         "params_digest": params_digest(state.params),
     }
     if batch is not None:
+        _sync("medjax-preview")
         preview = previewer(state, batch["image"])
         if main:
             from medjax.training.figures import save_loss_curve, save_reconstructions
