@@ -105,8 +105,14 @@ def _scp(topo: Topology, vm: str, src: str, dst: str) -> list[str]:
 
 
 def plan(topo: Topology, *, preset: str, vm_name: str, workdir: str, data: str, overrides: tuple[str, ...] = (),
-         ) -> list[dict[str, Any]]:
-    """The ordered commands for one run: a list of ``{"step": str, "argv": list[str]}``."""
+         bucket: str | None = None, mount: str = "/mnt/medjax") -> list[dict[str, Any]]:
+    """The ordered commands for one run: a list of ``{"step": str, "argv": list[str]}``.
+
+    ``data`` and ``workdir`` must be paths every worker sees the same way. With ``bucket``, a step mounts that
+    Cloud Storage bucket with gcsfuse at ``mount`` on every worker, so ``mount/...`` paths are shared (the
+    readers and orbax then work on ordinary files). The data is read once per epoch through the mount; for
+    many small epochs, ``medjax data prepare`` onto each worker's local disk is faster.
+    """
     from medjax import __version__
 
     remote_wheel = f"medjax-{__version__}-py3-none-any.whl"
@@ -142,11 +148,17 @@ def plan(topo: Topology, *, preset: str, vm_name: str, workdir: str, data: str, 
     sets = [f"data.dir={data}", f"train.batch_size={topo.global_batch}",
             f"mesh.data={topo.mesh.get('data', 1)}", f"mesh.fsdp={topo.mesh.get('fsdp', 1)}",
             f"mesh.tensor={topo.mesh.get('tensor', 1)}", *overrides]
-    train_cmd = ["medjax", "pretrain", "--config", preset, "--workdir", workdir, "--no-progress"]
+    # one data shard per host: the global batch order stays the same if the run later resumes on another size
+    train_cmd = ["medjax", "pretrain", "--config", preset, "--workdir", workdir, "--no-progress",
+                 "--data-shards", str(topo.hosts)]
     for s in sets:
         train_cmd += ["--set", s]
     log = f"$HOME/{vm_name}.log"
     run = f"nohup {shlex.join(train_cmd)} > {log} 2>&1 &"
+    if bucket:
+        mount_cmd = (f"sudo mkdir -p {mount} && sudo chown $USER {mount} && "
+                     f"(mountpoint -q {mount} || gcsfuse --implicit-dirs {shlex.quote(bucket)} {mount})")
+        steps.append({"step": "mount bucket on all workers", "argv": _ssh(topo, vm_name, mount_cmd)})
     steps.append({"step": "run on all workers", "argv": _ssh(topo, vm_name, run)})
     steps.append({"step": "fetch logs", "argv": _ssh(topo, vm_name, f"tail -n 40 {log}")})
     if topo.platform == "tpu":

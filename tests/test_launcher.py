@@ -26,8 +26,8 @@ def test_all_required_topologies_exist():
 def test_dry_run_commands(path, capsys):
     topo = load_topology(path)
     assert topo.num_devices == topo.hosts * topo.devices_per_host
-    rc = main(["launch", "--tpu-config", path, "--config", "demo", "--name", "run1",
-               "--workdir", "gs://bkt/runs/run1", "--data", "gs://bkt/data", "--dry-run"])
+    rc = main(["launch", "--tpu-config", path, "--config", "demo", "--name", "run1", "--bucket", "bkt",
+               "--dry-run"])
     assert rc == 0
     out = capsys.readouterr().out
     lines = [ln for ln in out.splitlines() if ln and not ln.startswith("#")]
@@ -41,11 +41,15 @@ def test_dry_run_commands(path, capsys):
         assert ("queued-resources create" in joined) == topo.queued_resource
     run_line = next(a for a in argvs if any("medjax pretrain" in x for x in a))
     cmd = next(x for x in run_line if "medjax pretrain" in x)
-    assert "--config demo" in cmd and "--workdir gs://bkt/runs/run1" in cmd
+    assert "--config demo" in cmd and "--workdir /mnt/medjax/runs/run1" in cmd
+    assert f"--data-shards {topo.hosts}" in cmd
+    mount = next(ln for ln in lines if "gcsfuse" in ln)
+    assert "gcsfuse --implicit-dirs bkt /mnt/medjax" in mount
+    assert lines.index(mount) < lines.index(next(ln for ln in lines if "medjax pretrain" in ln))
     assert f"train.batch_size={topo.global_batch}" in cmd
     for axis, size in topo.mesh.items():
         assert f"mesh.{axis}={size}" in cmd
-    assert "data.dir=gs://bkt/data" in cmd
+    assert "data.dir=/mnt/medjax/data" in cmd
 
 
 def test_bad_mesh_names_file(tmp_path):
