@@ -40,6 +40,7 @@ def _time(fn, repeats):
 
 def run(args) -> int:
     import json
+    import os
     import time
 
     import jax
@@ -48,6 +49,7 @@ def run(args) -> int:
 
     from medjax.config.schema import ModelConfig
     from medjax.evaluation.sliding_window import sliding_window_inference
+    from medjax.finetune.tasks import param_count
     from medjax.models.heads import UNETR
     from medjax.models.variants import decode_variant
     from medjax.training.state import split_model
@@ -69,7 +71,8 @@ def run(args) -> int:
     ours = _time(call, args.repeats)
     result = {"volume": args.volume, "window": args.window, "overlap": args.overlap, "batch": args.batch,
               "variant": args.variant, "device": jax.devices()[0].device_kind, "medjax_s": round(ours, 4),
-              "medjax_first_call_s": round(compile_s, 2)}
+              "medjax_first_call_s": round(compile_s, 2), "medjax_params": param_count(params),
+              "load_avg_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None}
     try:
         import monai  # noqa: F401
         import torch
@@ -102,7 +105,11 @@ def run(args) -> int:
     monai_call()
     theirs = _time(monai_call, args.repeats)
     result.update({"monai_s": round(theirs, 4), "ratio_monai_over_medjax": round(theirs / ours, 3),
-                   "monai_patch": 16, "torch": torch.__version__, "monai_version": monai.__version__})
+                   "monai_params": int(sum(p.numel() for p in net.parameters())), "monai_patch": 16,
+                   "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+                   "monai_version": monai.__version__})
+    if hasattr(os, "getloadavg"):
+        result["load_avg_1m_end"] = round(os.getloadavg()[0], 2)
     if tuple(size.patch) != (16,) * nd:
         result["note"] = "MONAI's UNETR uses 16-voxel patches; the medjax model uses the variant's patch"
     print(json.dumps(result), flush=True)

@@ -25,11 +25,14 @@ def register(subparsers) -> None:
     c = subparsers.add_parser(
         "finetune-compare",
         help="fine-tune from an MAE encoder and from scratch on the same few labels; report both",
-        description="Runs the config twice in WORKDIR/pretrained and WORKDIR/scratch (same data, seed and steps) "
-                    "and prints both held-out metrics as one JSON object (also WORKDIR/compare.json).",
+        description="Runs the config per seed in WORKDIR/pretrained/seed<S> and WORKDIR/scratch/seed<S> (same "
+                    "data, seed and steps), prints a table of both arms' held-out metric (mean ± std over seeds) "
+                    "and then one JSON line with all numbers (also WORKDIR/compare.json).",
     )
     _common(c)
     c.add_argument("--init-from", required=True, metavar="WORKDIR_OR_CKPT", help="MAE pretraining workdir")
+    c.add_argument("--seeds", type=int, nargs="+", default=None, metavar="SEED",
+                   help="train.seed values; each seed runs both arms (default: the config's train.seed)")
     c.set_defaults(func=run_compare)
 
 
@@ -62,10 +65,14 @@ def run(args) -> int:
 
 def run_compare(args) -> int:
     from medjax.config import load_config
-    from medjax.finetune.compare import compare
+    from medjax.finetune.compare import compare, format_compare
 
     cfg = load_config(args.config, args.overrides)
     workdir = args.workdir or f"runs/{cfg.name}_compare"
-    result = compare(cfg, workdir, init_from=args.init_from, progress=not args.no_progress)
+    result = compare(cfg, workdir, init_from=args.init_from, seeds=args.seeds, progress=not args.no_progress)
+    if result.get("stopped"):
+        print(json.dumps(result), flush=True)
+        return int(result["stopped"]["exit_code"]) or 1
+    print(format_compare(result))
     print(json.dumps(result), flush=True)
     return 0

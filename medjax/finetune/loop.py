@@ -75,8 +75,7 @@ def make_finetune_optimizer(cfg, abstract_params, schedule):
                   for k, v in abstract_params.items()}
         return optax.multi_transform({"train": make_optimizer(cfg.train, schedule=schedule),
                                       "freeze": optax.set_to_zero()}, labels)
-    mult = {k: (layerwise_lr_decay(v, ft.layer_decay, num_encoder_layers(cfg)) if k == "encoder"
-                else jax.tree.map(lambda _: 1.0, v)) for k, v in abstract_params.items()}
+    mult = layerwise_lr_decay(abstract_params, ft.layer_decay, num_encoder_layers(cfg), root="encoder")
     return make_optimizer(cfg.train, lr_multipliers=mult, schedule=schedule)
 
 
@@ -107,7 +106,7 @@ def finetune(cfg, workdir, *, init_from: str | None = None, restart: bool = Fals
     from medjax.training import sharding as _sh
     from medjax.training.checkpoint import Checkpointer
     from medjax.training.logging import RunLogger
-    from medjax.training.loop import _batch_sizes, _clean_workdir
+    from medjax.training.loop import batch_sizes, clean_workdir
     from medjax.training.optim import make_schedule
     from medjax.training.signals import StopRequest
     from medjax.training.state import split_model, state_from_dict, state_to_dict, train_state_spec
@@ -119,7 +118,7 @@ def finetune(cfg, workdir, *, init_from: str | None = None, restart: bool = Fals
     check_task(cfg)
     workdir = Path(workdir).expanduser().absolute()
     if restart:
-        _clean_workdir(workdir)
+        clean_workdir(workdir)
         for name in ("eval.json", "summary.json", "init.json"):
             (workdir / name).unlink(missing_ok=True)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -131,7 +130,7 @@ def finetune(cfg, workdir, *, init_from: str | None = None, restart: bool = Fals
     run_cfg = dataclasses.replace(cfg, data=data_cfg)
 
     mesh = _sh.default_mesh(cfg)
-    per_process = _batch_sizes(cfg, mesh, jax.process_count())
+    per_process = batch_sizes(cfg, mesh, jax.process_count())
     schedule = make_schedule(cfg.train)
     factory = lambda: build_task_model(cfg)  # noqa: E731
     abstract_params = jax.eval_shape(lambda: split_model(factory())[1])
@@ -164,7 +163,7 @@ def finetune(cfg, workdir, *, init_from: str | None = None, restart: bool = Fals
                                   grad_accum=cfg.train.grad_accum)
     bsh = _sh.batch_sharding(mesh)
     logger = RunLogger(workdir, total_steps=cfg.train.steps, start_step=start, progress=progress,
-                       enabled=jax.process_index() == 0)
+                       enabled=jax.process_index() == 0, desc="finetune")
     if resumed_from is not None:
         logger.write(f"resumed from {ckpt.directory / str(resumed_from)} (step {resumed_from})")
     host: dict = {}

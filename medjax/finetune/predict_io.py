@@ -5,7 +5,8 @@
   patient fields);
 - classification: ``OUT/predictions.csv`` and ``.json`` (id, predicted class, per-class probabilities);
 - detection: ``OUT/boxes.csv`` and ``.json`` (id, score, class, world box in RAS+ mm, and the box in continuous
-  voxel indices of the input file).
+  voxel indices of the input file), clipped to the input's field of view (padding added for the window is not
+  reported).
 """
 
 from __future__ import annotations
@@ -62,6 +63,22 @@ def _write_nifti(path: Path, labels: np.ndarray, affine: np.ndarray) -> None:
     nib.save(img, str(path))
 
 
+def _boxes_in_input(world: np.ndarray, shape, affine) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """World boxes (N, 6) clipped to the input's field of view: ``(world, voxel, keep)`` with voxel boxes in
+    continuous indices of the input (within ``[-0.5, shape - 0.5]``), world boxes the part of the original box
+    inside that field of view, and ``keep`` (N,) bool (boxes entirely outside are dropped)."""
+    from medjax.finetune.predict import voxel_boxes_to_world, world_boxes_to_voxel
+
+    vox = world_boxes_to_voxel(world, affine)
+    hi = np.asarray(shape[:3], np.float64) - 0.5
+    vox = np.concatenate([np.clip(vox[:, :3], -0.5, hi), np.clip(vox[:, 3:], -0.5, hi)], axis=1)
+    keep = np.all(vox[:, 3:] > vox[:, :3], axis=1)
+    inside = voxel_boxes_to_world(vox[keep], affine)
+    w = world[keep]
+    w = np.concatenate([np.maximum(w[:, :3], inside[:, :3]), np.minimum(w[:, 3:], inside[:, 3:])], axis=1)
+    return w, vox[keep], keep
+
+
 def predict_folder(checkpoint, in_dir, out_dir, *, nearest: bool = False, save_probs: bool = False) -> dict:
     """Predict every volume of ``in_dir`` (any source :func:`medjax.data.sources.load_records` reads) into
     ``out_dir``; returns ``{"task", "outputs": [paths], "cases": n}``.
@@ -76,7 +93,6 @@ def predict_folder(checkpoint, in_dir, out_dir, *, nearest: bool = False, save_p
         preprocess_record,
         probs_to_original,
         voxel_boxes_to_world,
-        world_boxes_to_voxel,
     )
 
     cfg, model_def, params, model_state, _ = load_finetuned(checkpoint)
@@ -108,9 +124,8 @@ def predict_folder(checkpoint, in_dir, out_dir, *, nearest: bool = False, save_p
                          "probs": [round(float(v), 6) for v in p]})
         else:
             boxes, scores, classes = pred.detect(s["image"])
-            world = voxel_boxes_to_world(boxes, s["affine"])
-            vox = world_boxes_to_voxel(world, orig_affine)
-            for b, w, v, sc, c in zip(boxes, world, vox, scores, classes):
+            world, vox, keep = _boxes_in_input(voxel_boxes_to_world(boxes, s["affine"]), orig_shape, orig_affine)
+            for w, v, sc, c in zip(world, vox, scores[keep], classes[keep]):
                 rows.append({"id": r["id"], "score": round(float(sc), 6), "class": int(c),
                              "box_world_mm": [round(float(x), 3) for x in w],
                              "box_voxel": [round(float(x), 3) for x in v]})

@@ -69,10 +69,11 @@ class RunLogger:
       enabled: False on processes other than 0 (everything becomes a no-op).
       progress: show the tqdm bar on stderr.
       tensorboard: write TensorBoard events to ``WORKDIR/tb``.
+      desc: label of the progress bar (e.g. "pretrain", "finetune").
     """
 
     def __init__(self, workdir, *, total_steps: int, start_step: int = 0, enabled: bool = True,
-                 progress: bool = True, tensorboard: bool = True):
+                 progress: bool = True, tensorboard: bool = True, desc: str = "pretrain"):
         self.workdir = Path(workdir)
         self.enabled = enabled
         self.metrics_path = self.workdir / METRICS_FILE
@@ -94,7 +95,7 @@ class RunLogger:
             from tqdm import tqdm
 
             self._bar = tqdm(total=total_steps, initial=start_step, file=sys.stderr, unit="step",
-                             dynamic_ncols=True, desc="pretrain")
+                             dynamic_ncols=True, desc=desc)
 
     def progress(self, step: int, loss: float | None = None, samples_per_s: float | None = None) -> None:
         """Advance the bar to ``step`` and show the latest loss and throughput."""

@@ -79,21 +79,30 @@ def layer_id(path: str, num_layers: int) -> int:
     return num_layers + 1
 
 
-def layerwise_lr_decay(params, decay: float, num_layers: int) -> Any:
+def layerwise_lr_decay(params, decay: float, num_layers: int, *, root: str = "encoder") -> Any:
     """LR multipliers for fine-tuning (BEiT/MAE recipe): ``decay ** (num_layers + 1 - layer_id(path))``.
 
     Args:
       params: parameter pytree (nested dicts of arrays, or abstract shapes).
       decay: per-layer factor in (0, 1]; 1 disables the decay.
       num_layers: number of transformer blocks in the encoder.
+      root: top-level key of the encoder. When ``params`` has it, the decay applies to that subtree only
+        (paths read relative to it) and every other top-level subtree (heads, decoders, a UNETR's ``stem`` or
+        ``ups/0/block``) gets 1.0, whatever its parameter names; without it ``params`` is taken to be the
+        encoder itself (or a tree whose paths :func:`layer_id` reads directly).
     Returns:
       A pytree of python floats with the structure of ``params``; heads get 1.0, the embedding ``decay**(L+1)``.
     """
     if not 0.0 < decay <= 1.0:
         raise ConfigError(f"layer-wise lr decay={decay}: must be in (0, 1]")
-    return jax.tree_util.tree_map_with_path(
-        lambda p, _: float(decay ** (num_layers + 1 - layer_id(path_str(p), num_layers))), params
-    )
+
+    def rule(path, _):
+        return float(decay ** (num_layers + 1 - layer_id(path_str(path), num_layers)))
+
+    if isinstance(params, dict) and root in params:
+        return {k: (jax.tree_util.tree_map_with_path(rule, v) if k == root else jax.tree.map(lambda _: 1.0, v))
+                for k, v in params.items()}
+    return jax.tree_util.tree_map_with_path(rule, params)
 
 
 def scale_by_tree(multipliers) -> optax.GradientTransformation:

@@ -11,11 +11,11 @@ from medjax.training.state import init_train_state, split_model
 from medjax.training.steps import train_step_fn
 
 
-def _batch(task, rng):
-    image = rng.normal(size=(2, 8, 8, 8, 1)).astype(np.float32)
-    label = np.zeros((2, 8, 8, 8), np.int32)
-    label[0, 1:4, 2:5, 3:7] = 1
-    label[1, 5:8, 0:2, 0:3] = 2
+def _batch(task, rng, nd: int = 3):
+    image = rng.normal(size=(2,) + (8,) * nd + (1,)).astype(np.float32)
+    label = np.zeros((2,) + (8,) * nd, np.int32)
+    label[(0, slice(1, 4), slice(2, 5), slice(3, 7))[: nd + 1]] = 1
+    label[(1, slice(5, 8), slice(0, 2), slice(0, 3))[: nd + 1]] = 2
     return {"image": image, "label": label, "class": np.array([1, 0], np.int32)}
 
 
@@ -42,17 +42,22 @@ def test_class_from_label(tiny_cfg):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("task,mode", [("segmentation", "full"), ("classification", "full"),
-                                       ("classification", "linear"), ("detection", "full")])
-def test_train_steps_lower_loss_and_linear_probe_freezes_encoder(tiny_cfg, task, mode):
+# segmentation trains in 2D here, the other tasks in 3D: 3D segmentation training runs end to end in
+# tests/integration/test_finetune_seg.py, so each path is compiled once in the suite
+@pytest.mark.parametrize("task,mode,nd", [("segmentation", "full", 2), ("classification", "full", 3),
+                                          ("classification", "linear", 3), ("detection", "full", 3)])
+def test_train_steps_lower_loss_and_linear_probe_freezes_encoder(tiny_cfg, task, mode, nd):
+    import dataclasses
+
     cfg = tiny_cfg(task, mode=mode, **({"class_weights": (1.0, 3.0)} if task == "classification" else {}))
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, spatial_dims=nd))
     model = build_task_model(cfg)
     _, params, _ = split_model(model)
     schedule = make_schedule(cfg.train)
     tx = make_finetune_optimizer(cfg, params, schedule)
     model_def, state = init_train_state(model, tx, seed=0)
     step = jax.jit(train_step_fn(model_def, tx, schedule, loss_fn=loss_for(cfg)))
-    batch = prepare_batch(cfg, _batch(task, np.random.default_rng(1)))
+    batch = prepare_batch(cfg, _batch(task, np.random.default_rng(1), nd))
     before = jax.device_get(state.params)
     losses = []
     for _ in range(4):
@@ -70,3 +75,21 @@ def test_train_steps_lower_loss_and_linear_probe_freezes_encoder(tiny_cfg, task,
         assert all(enc_same)  # frozen: no update, no weight decay
     else:
         assert not all(enc_same)
+
+
+def test_layer_decay_is_anchored_to_the_encoder(tiny_cfg):
+    """Head parameters whose names look like encoder parts (a UNETR's ``stem`` conv, its ``ups/<i>`` blocks) keep
+    the full learning rate; only the encoder's embedding and blocks are decayed."""
+    from flax import nnx
+
+    from medjax.training.optim import layerwise_lr_decay
+
+    cfg = tiny_cfg("segmentation")
+    params = nnx.to_pure_dict(nnx.split(nnx.eval_shape(lambda: build_task_model(cfg)), nnx.Param, ...)[1])
+    mult = layerwise_lr_decay(params, 0.5, num_layers=2)
+    enc = mult["encoder"]
+    assert jax.tree.leaves(enc["patch_embed"]) == [0.125] * len(jax.tree.leaves(enc["patch_embed"]))
+    assert set(jax.tree.leaves(enc["blocks"][0])) == {0.25} and set(jax.tree.leaves(enc["blocks"][1])) == {0.5}
+    heads = [v for k, v in mult.items() if k != "encoder"]
+    assert "stem" in mult and "ups" in mult
+    assert set(jax.tree.leaves(heads)) == {1.0}

@@ -14,6 +14,7 @@ position of its centre inside the cell. Coordinates are *continuous voxel indice
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import jax
@@ -52,7 +53,7 @@ class ViTDetector(nnx.Module):
         self.grid = self.encoder.grid
         self.fc = Dense(d, hidden, names=("embed", "mlp"), rngs=rngs)
         self.heatmap = Dense(hidden, self.num_classes, names=("mlp", None), rngs=rngs)
-        self.heatmap.bias[...] = jnp.full((self.num_classes,), float(jnp.log(HEATMAP_PRIOR / (1 - HEATMAP_PRIOR))))
+        self.heatmap.bias[...] = jnp.full((self.num_classes,), math.log(HEATMAP_PRIOR / (1 - HEATMAP_PRIOR)))
         self.box = Dense(hidden, 2 * n, names=("mlp", None), rngs=rngs)
 
     def __call__(self, images: jax.Array, *, deterministic: bool = True) -> dict[str, jax.Array]:
