@@ -15,26 +15,15 @@ import optax
 
 from medjax.config.schema import TrainConfig
 from medjax.errors import ConfigError
+from medjax.parallel.sharding import path_str  # one definition of key-path strings
 
 # Path fragments (lower-case) of parameters that get no weight decay: normalisation scales and biases, the
 # CLS token, position embeddings and MAE mask tokens. Vectors (ndim <= 1) are never decayed either.
 _NO_DECAY = ("norm", "bias", "cls", "pos_embed", "pos_emb", "mask_token")
 # Path fragments that belong to the patch/token embedding (layer 0 for layer-wise LR decay).
+
 _EMBED = ("patch_embed", "patch", "cls", "pos_embed", "pos_emb", "embed_tokens", "stem", "mask_token")
 _BLOCK_INDEX = re.compile(r"(?:^|/)(?:blocks?|layers?|encoder_blocks?)(?:/|_)(\d+)(?:/|$)")
-
-
-def path_str(path) -> str:
-    """``"a/b/0/kernel"`` from a ``jax.tree_util`` key path."""
-    parts = []
-    for k in path:
-        for attr in ("key", "name", "idx"):
-            if hasattr(k, attr):
-                parts.append(str(getattr(k, attr)))
-                break
-        else:
-            parts.append(str(k))
-    return "/".join(parts)
 
 
 def make_schedule(train: TrainConfig) -> optax.Schedule:
