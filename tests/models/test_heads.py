@@ -73,3 +73,60 @@ def test_decode_boxes_recovers_a_planted_box():
     assert float(scores[0, 0]) == pytest.approx(float(jax.nn.sigmoid(5.0)))
     assert float(scores[0, 1]) < 1e-3 and int(classes[0, 0]) == 0
 
+
+
+@pytest.mark.parametrize("factor,cin,cout", [((2, 2, 2), 6, 4), ((2, 2, 1), 3, 5), ((4, 2, 1), 4, 3), ((2, 2), 5, 4)])
+def test_unetr_upsampling_equals_conv_transpose(factor, cin, cout):
+    """The Dense + depth-to-space upsampling is exactly lax.conv_transpose (via nnx.ConvTranspose) for kernel ==
+    stride, with random weights and bias."""
+    from medjax.models.heads.unetr import _up
+
+    up = nnx.ConvTranspose(cin, cout, factor, strides=factor, padding="VALID", rngs=nnx.Rngs(1))
+    up.bias[...] = jax.random.normal(jax.random.key(2), up.bias[...].shape)
+    x = jax.random.normal(jax.random.key(3), (2, *[3 + i for i in range(len(factor))], cin))
+    want = up(x)
+    ref = jax.lax.conv_transpose(x, up.kernel[...], factor, "VALID",
+                                 dimension_numbers=("NDHWC", "DHWIO", "NDHWC") if len(factor) == 3
+                                 else ("NHWC", "HWIO", "NHWC")) + up.bias[...]
+    got = _up(up, x)
+    assert got.shape == want.shape
+    np.testing.assert_allclose(np.asarray(want), np.asarray(ref), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("cin,cout", [(1, 4), (5, 4), (8, 8), (16, 8), (12, 7)])
+def test_unetr_conv3_and_conv1_equal_nnx_conv(cin, cout):
+    """The 2D-decomposed 3x3x3 convolution and the matmul 1x1x1 convolution equal nnx.Conv."""
+    from medjax.models.heads.unetr import _conv1, _conv3
+
+    x = jax.random.normal(jax.random.key(0), (2, 5, 6, 7, cin))
+    conv = nnx.Conv(cin, cout, (3, 3, 3), padding="SAME", use_bias=False, rngs=nnx.Rngs(4))
+    np.testing.assert_allclose(np.asarray(_conv3(conv, x)), np.asarray(conv(x)), rtol=1e-4, atol=1e-5)
+    one = nnx.Conv(cin, cout, (1, 1, 1), rngs=nnx.Rngs(5))
+    one.bias[...] = jax.random.normal(jax.random.key(6), one.bias[...].shape)
+    np.testing.assert_allclose(np.asarray(_conv1(one, x)), np.asarray(one(x)), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("nd,size", [(3, 8), (2, 16)])
+def test_unetr_fast_path_equals_plain_flax_layers(nd, size, monkeypatch):
+    """The whole UNETR with its fast convolutions equals the same model run through the plain flax layers."""
+    from medjax.models.heads import unetr
+
+    model = UNETR(CFG, spatial_dims=nd, input_size=size, num_classes=3, features=4, rngs=nnx.Rngs(0))
+    x = jax.random.normal(jax.random.key(1), (2,) + (size,) * nd + (1,))
+    fast = model(x)
+    for name in ("_conv1", "_conv3", "_up", "_group_norm"):
+        monkeypatch.setattr(unetr, name, lambda mod, v: mod(v))
+    plain = model(x)
+    np.testing.assert_allclose(np.asarray(fast), np.asarray(plain), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("shape,channels", [((2, 5, 6, 7), 16), ((3, 9, 4), 12), ((2, 4, 4, 4), 5)])
+def test_unetr_group_norm_equals_nnx_group_norm(shape, channels):
+    from medjax.models.heads.unetr import _group_norm, _norm
+
+    norm = _norm(channels, nnx.Rngs(0))
+    norm.scale[...] = jax.random.normal(jax.random.key(1), (channels,))
+    norm.bias[...] = jax.random.normal(jax.random.key(2), (channels,))
+    x = 3.0 + 2.0 * jax.random.normal(jax.random.key(3), (*shape, channels))
+    np.testing.assert_allclose(np.asarray(_group_norm(norm, x)), np.asarray(norm(x)), rtol=1e-4, atol=1e-4)

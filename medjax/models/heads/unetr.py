@@ -47,6 +47,117 @@ def _norm(channels: int, rngs: nnx.Rngs) -> nnx.GroupNorm:
     return nnx.GroupNorm(channels, num_groups=groups, epsilon=1e-5, rngs=rngs)
 
 
+def _group_norm(norm: nnx.GroupNorm, x: jax.Array) -> jax.Array:
+    """``norm(x)`` for a channels-last ``nnx.GroupNorm`` (float32 inputs), with per-channel sums first.
+
+    The group statistics are reduced over the voxels per channel, then over the channels of each group (two-pass
+    variance), and the normalisation folds into one per-(sample, channel) scale and shift -- fewer passes over
+    a full-resolution feature map than the generic implementation. Same maths (float summation order aside).
+    """
+    if (norm.axis_name is not None or norm.reduction_axes is not None or norm.dtype not in (None, jnp.float32)
+            or x.dtype != jnp.float32):
+        return norm(x)
+    b, c, g = x.shape[0], x.shape[-1], norm.num_groups
+    xr = x.reshape(b, -1, c)
+    mean = jnp.repeat(jnp.mean(xr, axis=1).reshape(b, g, -1).mean(-1), c // g, axis=1)  # (B, C)
+    d = xr - mean[:, None, :]
+    var = jnp.mean(d * d, axis=1).reshape(b, g, -1).mean(-1)
+    a = jnp.repeat(jax.lax.rsqrt(var + norm.epsilon), c // g, axis=1)
+    if norm.scale is not None:
+        a = a * norm.scale[...].astype(jnp.float32)
+    shift = -mean * a
+    if norm.bias is not None:
+        shift = shift + norm.bias[...].astype(jnp.float32)
+    bshape = (b,) + (1,) * (x.ndim - 2) + (c,)
+    return x * a.reshape(bshape) + shift.reshape(bshape)
+
+
+def _tup(v, nd: int) -> tuple:
+    """A flax stride/dilation argument (None, int or sequence) as an ``nd``-tuple."""
+    if v is None:
+        return (1,) * nd
+    return (int(v),) * nd if isinstance(v, int) else tuple(v)
+
+
+def _plain(conv: nnx.Conv, padding: str | None = None) -> bool:
+    """Whether ``conv`` is a stride-1, undilated, ungrouped convolution (with ``padding`` when given)."""
+    nd = conv.kernel[...].ndim - 2
+    return (all(s == 1 for s in _tup(conv.strides, nd)) and all(r == 1 for r in _tup(conv.input_dilation, nd))
+            and all(r == 1 for r in _tup(conv.kernel_dilation, nd)) and conv.feature_group_count == 1
+            and (padding is None or conv.padding == padding))
+
+
+def _conv3(conv: nnx.Conv, x: jax.Array) -> jax.Array:
+    """``conv(x)`` for a bias-free stride-1 ``SAME`` 3x3x3 ``nnx.Conv``, computed as 2D convolutions.
+
+    XLA's CPU backend runs 3D convolutions through a slow generic path; the same sum is cheaper as 2D
+    convolutions over (H, W) with the depth folded into the batch: one per depth tap, or (for few input
+    channels) one over the three depth taps stacked in the channel axis. Exactly the same maths (float
+    summation order aside). Other kernels/dimensions fall back to ``conv(x)``.
+    """
+    kernel = conv.kernel[...]
+    if kernel.shape[:-2] != (3, 3, 3) or x.ndim != 5 or conv.bias is not None or not _plain(conv, "SAME"):
+        return conv(x)
+    dtype = jnp.result_type(x.dtype, kernel.dtype)
+    x, kernel = x.astype(dtype), kernel.astype(dtype)
+    b, d, h, w, c = x.shape
+    o = kernel.shape[-1]
+    dn = ("NHWC", "HWIO", "NHWC")
+    xp = jnp.pad(x, ((0, 0), (1, 1), (0, 0), (0, 0), (0, 0)))
+    if 3 * c <= 16:  # few channels: one 2D conv over the stacked depth taps
+        xs = jnp.concatenate([xp[:, a:a + d] for a in range(3)], axis=-1).reshape(b * d, h, w, 3 * c)
+        k2 = jnp.transpose(kernel, (1, 2, 0, 3, 4)).reshape(3, 3, 3 * c, o)
+        y = jax.lax.conv_general_dilated(xs, k2, (1, 1), "SAME", dimension_numbers=dn)
+        return y.reshape(b, d, h, w, o)
+    # wide inputs into narrow outputs (a decoder stage's [upsampled, skip] concat) run faster as input-channel
+    # chunks of ``o`` (XLA folds the slices of the concatenation back into its operands)
+    step = o if (c > o and o <= 16 and c % o == 0) else c
+    y = None
+    for i in range(0, c, step):
+        xc = xp if step == c else jnp.pad(x[..., i:i + step], ((0, 0), (1, 1), (0, 0), (0, 0), (0, 0)))
+        for a in range(3):
+            t = jax.lax.conv_general_dilated(xc[:, a:a + d].reshape(b * d, h, w, step),
+                                             kernel[a, ..., i:i + step, :], (1, 1), "SAME", dimension_numbers=dn)
+            y = t if y is None else y + t
+    return y.reshape(b, d, h, w, o)
+
+
+def _conv1(conv: nnx.Conv, x: jax.Array) -> jax.Array:
+    """``conv(x)`` for a 1x1(x1) ``nnx.Conv``: a per-voxel matmul (+ bias)."""
+    kernel = conv.kernel[...]
+    if any(k != 1 for k in kernel.shape[:-2]) or not _plain(conv):
+        return conv(x)
+    dtype = jnp.result_type(x.dtype, kernel.dtype)
+    y = x.astype(dtype) @ kernel.reshape(kernel.shape[-2], kernel.shape[-1]).astype(dtype)
+    return y + conv.bias[...].astype(dtype) if conv.bias is not None else y
+
+
+def _up(conv: nnx.ConvTranspose, x: jax.Array) -> jax.Array:
+    """``conv(x)`` for an ``nnx.ConvTranspose`` with kernel size == stride and ``VALID`` padding.
+
+    Such a transposed convolution never overlaps its kernel footprints: every input voxel writes its own
+    ``k1 x ... x kn`` output block, ``out[s*i + a] = x[i] @ kernel[k-1-a]`` (lax.conv_transpose without
+    ``transpose_kernel`` flips the kernel). That is a per-voxel Dense to ``prod(k) * C_out`` followed by a
+    depth-to-space reshape/transpose -- much faster on XLA's CPU backend than its transposed convolution.
+    """
+    kernel = conv.kernel[...]
+    k = tuple(kernel.shape[:-2])
+    nd = len(k)
+    if (tuple(_tup(conv.strides, nd)) != k or conv.padding != "VALID" or conv.transpose_kernel
+            or any(r != 1 for r in _tup(conv.kernel_dilation, nd))):
+        return conv(x)
+    cin, cout = kernel.shape[-2:]
+    dtype = jnp.result_type(x.dtype, kernel.dtype)
+    flipped = jnp.flip(kernel, axis=tuple(range(nd))).astype(dtype)
+    w = jnp.moveaxis(flipped, nd, 0).reshape(cin, math.prod(k) * cout)
+    batch, sp = x.shape[0], x.shape[1:-1]
+    y = (x.astype(dtype).reshape(-1, cin) @ w).reshape(batch, *sp, *k, cout)
+    # (B, s1..sn, k1..kn, C) -> (B, s1, k1, ..., sn, kn, C)
+    perm = (0, *[a for i in range(nd) for a in (1 + i, 1 + nd + i)], 1 + 2 * nd)
+    y = jnp.transpose(y, perm).reshape(batch, *[s * f for s, f in zip(sp, k)], cout)
+    return y + conv.bias[...].astype(dtype) if conv.bias is not None else y
+
+
 class ConvBlock(nnx.Module):
     """Residual block: conv3 -> GroupNorm -> LeakyReLU -> conv3 -> GroupNorm, plus a 1x1 projection shortcut."""
 
@@ -59,9 +170,9 @@ class ConvBlock(nnx.Module):
         self.proj = nnx.Conv(cin, cout, k1, use_bias=False, rngs=rngs) if cin != cout else None
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        h = jax.nn.leaky_relu(self.norm1(self.conv1(x)), 0.01)
-        h = self.norm2(self.conv2(h))
-        res = self.proj(x) if self.proj is not None else x
+        h = jax.nn.leaky_relu(_group_norm(self.norm1, _conv3(self.conv1, x)), 0.01)
+        h = _group_norm(self.norm2, _conv3(self.conv2, h))
+        res = _conv1(self.proj, x) if self.proj is not None else x
         return jax.nn.leaky_relu(h + res, 0.01)
 
 
@@ -75,7 +186,7 @@ class UpBlock(nnx.Module):
         self.block = ConvBlock(cout + cskip, cout, nd, rngs=rngs)
 
     def __call__(self, x: jax.Array, skip: jax.Array | None = None) -> jax.Array:
-        h = self.up(x)
+        h = _up(self.up, x)
         if skip is not None:
             h = jnp.concatenate([h, skip.astype(h.dtype)], axis=-1)
         return self.block(h)
@@ -94,7 +205,7 @@ class _SkipPath(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         for up, block in zip(self.ups, self.convs):
-            x = block(up(x))
+            x = block(_up(up, x))
         return x
 
 
@@ -147,7 +258,7 @@ class UNETR(nnx.Module):
         n = self.levels
         skips = [self.stem(images.astype(jnp.float32))]
         skips += [path(self._grid(h)) for path, h in zip(self.skips, hidden[: n - 1])]
-        x = self.bottom(self._grid(tokens))
+        x = _conv1(self.bottom, self._grid(tokens))
         for j, up in zip(range(n - 1, -1, -1), self.ups):
             x = up(x, skips[j])
-        return self.out(x).astype(jnp.float32)
+        return _conv1(self.out, x).astype(jnp.float32)
