@@ -209,14 +209,20 @@ def _id_of(image: str) -> str:
         (".dcm", ".dicom", ".ima")) else name
 
 
+def _json_text(value, where: tuple[str, str], expected: str):
+    """CSV cells hold JSON text; decode it (other values pass through). Errors say what was expected."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError:
+        raise _fail(where, f"{expected}, got {value!r}") from None
+
+
 def _parse_class(value, where: tuple[str, str]):
     if value is None or value == "":
         return None
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError:
-            raise _fail(where, f"'class' must be an integer or a JSON list of integers, got {value!r}") from None
+    value = _json_text(value, where, "'class' must be an integer or a JSON list of integers")
     if isinstance(value, bool):
         raise _fail(where, f"'class' must be an integer or a list of integers, got {value!r}")
     if isinstance(value, int):
@@ -231,11 +237,7 @@ def _parse_class(value, where: tuple[str, str]):
 def _parse_boxes(value, where: tuple[str, str]):
     if value is None or value == "":
         return None
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError:
-            raise _fail(where, f"'boxes' must be JSON text [[x0,y0,z0,x1,y1,z1], ...], got {value!r}") from None
+    value = _json_text(value, where, "'boxes' must be JSON text [[x0,y0,z0,x1,y1,z1], ...]")
     ok = isinstance(value, list) and all(
         isinstance(b, list) and len(b) in (4, 6)
         and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in b) for b in value
