@@ -317,3 +317,21 @@ def write_dicom_multiframe(path, array, affine, *, modality: str = "MR", frame_o
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     ds.save_as(str(path), enforce_file_format=True)
     return str(path)
+
+
+def write_blob_volumes(folder, n: int = 3, shape=(20, 20, 20), seed: int = 0, origin=(0.0, 0.0, 0.0)) -> str:
+    """Write ``n`` small float32 NIfTI volumes (textured ellipsoids, 2 mm voxels, stored RAS, first voxel at
+    ``origin`` mm) as ``vol00.nii.gz``... to ``folder``; returns the folder. For quick training runs in tests."""
+    import nibabel as nib
+
+    rng = np.random.default_rng(seed)
+    os.makedirs(folder, exist_ok=True)
+    grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, s) for s in shape], indexing="ij"), -1)
+    for i in range(n):
+        radii = rng.uniform(0.5, 0.9, size=3)
+        inside = ((grid / radii) ** 2).sum(-1) < 1
+        vol = 100.0 * inside + 30.0 * np.sin(6 * grid[..., 0] + i) * inside + rng.normal(0, 2, shape)
+        affine = np.diag([2.0, 2.0, 2.0, 1.0])
+        affine[:3, 3] = origin
+        nib.save(nib.Nifti1Image(vol.astype(np.float32), affine), os.path.join(str(folder), f"vol{i:02d}.nii.gz"))
+    return str(folder)

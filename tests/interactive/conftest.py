@@ -20,21 +20,9 @@ TINY = [
 
 def write_volumes(folder, n: int = 2, shape=(20, 22, 18), seed: int = 0) -> Path:
     """``n`` small NIfTI volumes (textured ellipsoids, 2 mm voxels, stored RAS) in ``folder``."""
-    import nibabel as nib
-    import numpy as np
+    from medjax.data.testing import write_blob_volumes
 
-    rng = np.random.default_rng(seed)
-    out = Path(folder)
-    out.mkdir(parents=True, exist_ok=True)
-    grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, s) for s in shape], indexing="ij"), -1)
-    for i in range(n):
-        radii = rng.uniform(0.5, 0.9, size=3)
-        inside = ((grid / radii) ** 2).sum(-1) < 1
-        vol = 100.0 * inside + 30.0 * np.sin(6 * grid[..., 0] + i) * inside + rng.normal(0, 2, shape)
-        affine = np.diag([2.0, 2.0, 2.0, 1.0])
-        affine[:3, 3] = [-20.0, -22.0, -18.0]
-        nib.save(nib.Nifti1Image(vol.astype(np.float32), affine), str(out / f"vol{i:02d}.nii.gz"))
-    return out
+    return Path(write_blob_volumes(folder, n, shape, seed, origin=(-20.0, -22.0, -18.0)))
 
 
 def make_run(workdir: Path, overrides: list[str], data_dir: Path) -> dict:

@@ -50,22 +50,9 @@ def tiny_model_factory():
 
 def write_volumes(folder, n: int = 3, shape=(20, 20, 20), seed: int = 0) -> str:
     """Write ``n`` small NIfTI volumes (bright ellipsoids with texture, 2 mm voxels) to ``folder``; returns it."""
-    import nibabel as nib
-    import numpy as np
+    from medjax.data.testing import write_blob_volumes
 
-    from pathlib import Path
-
-    rng = np.random.default_rng(seed)
-    out = Path(folder)
-    out.mkdir(parents=True, exist_ok=True)
-    grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, s) for s in shape], indexing="ij"), -1)
-    for i in range(n):
-        radii = rng.uniform(0.5, 0.9, size=3)
-        inside = ((grid / radii) ** 2).sum(-1) < 1
-        vol = 100.0 * inside + 30.0 * np.sin(6 * grid[..., 0] + i) * inside + rng.normal(0, 2, shape)
-        affine = np.diag([2.0, 2.0, 2.0, 1.0])
-        nib.save(nib.Nifti1Image(vol.astype(np.float32), affine), str(out / f"vol{i:02d}.nii.gz"))
-    return str(out)
+    return write_blob_volumes(folder, n, shape, seed)
 
 
 TINY_OVERRIDES = [
