@@ -28,3 +28,4 @@ class FinetuneConfig:
     det_nms_iou: float = 0.1  # detection: 3D NMS suppresses boxes overlapping a better one by more than this IoU
     eval_overlap: float = 0.5  # sliding-window overlap (fraction of the window) at evaluation and prediction
     eval_batch: int = 4  # windows per model call at evaluation and prediction
+    cache: bool = True  # prepare the training records once into WORKDIR/cache (memory-mapped; same batches)

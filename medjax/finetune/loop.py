@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medjax.errors import ConfigError, DataError, TrainingDivergedError
+from medjax.errors import ConfigError, DataError, StaleCacheError, TrainingDivergedError
 
 
 # ------------------------------------------------------------------------------------------- records
@@ -57,6 +57,30 @@ def split_records(cfg) -> tuple[list[dict], list[dict]]:
 def _write_manifest(path: Path, records: list[dict]) -> str:
     path.write_text(json.dumps(records, indent=1) + "\n")
     return str(path)
+
+
+def training_cache(data_cfg, workdir: Path, records: list[dict]) -> str:
+    """A prepared cache of ``records`` (the manifest ``data_cfg.dir``) in ``WORKDIR/cache``: reused when it
+    holds the same records with the same settings and unchanged source files, otherwise (re)built.
+
+    Reading memory-mapped prepared volumes instead of decompressing and resampling every volume at every visit
+    makes few-label fine-tuning compute-bound; the batches are the same (the cache stores what ``preprocess``
+    returns). With several processes each one prepares its own folder (``cache_p<i>``), never one shared.
+    """
+    import jax
+
+    from medjax.data.cache import open_cache, prepare
+
+    name = "cache" if jax.process_count() == 1 else f"cache_p{jax.process_index()}"
+    out = str(workdir / name)
+    try:
+        cached = open_cache(out, data_cfg)
+        if sorted(r["id"] for r in cached) == sorted(str(r.get("id")) for r in records):
+            return out
+    except (DataError, StaleCacheError):
+        pass
+    prepare(data_cfg.dir, out, data_cfg, workers=data_cfg.workers)
+    return out
 
 
 # ------------------------------------------------------------------------------------------- optimizer
@@ -127,6 +151,8 @@ def finetune(cfg, workdir, *, init_from: str | None = None, restart: bool = Fals
     manifest = _write_manifest(workdir / "records_train.json", train_recs)
     _write_manifest(workdir / "records_val.json", val_recs)
     data_cfg = dataclasses.replace(cfg.data, dir=manifest, cache_dir="", split="training")
+    if cfg.finetune.cache:
+        data_cfg = dataclasses.replace(data_cfg, cache_dir=training_cache(data_cfg, workdir, train_recs))
     run_cfg = dataclasses.replace(cfg, data=data_cfg)
 
     mesh = _sh.default_mesh(cfg)
