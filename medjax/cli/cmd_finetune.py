@@ -33,6 +33,9 @@ def register(subparsers) -> None:
     c.add_argument("--init-from", required=True, metavar="WORKDIR_OR_CKPT", help="MAE pretraining workdir")
     c.add_argument("--seeds", type=int, nargs="+", default=None, metavar="SEED",
                    help="train.seed values; each seed runs both arms (default: the config's train.seed)")
+    c.add_argument("--metric", default=None,
+                   help="held-out metric to compare (a key of eval.json, e.g. window_auroc; default: mean_dice, "
+                        "auroc or ap_iou0.1 by task)")
     c.set_defaults(func=run_compare)
 
 
@@ -69,7 +72,8 @@ def run_compare(args) -> int:
 
     cfg = load_config(args.config, args.overrides)
     workdir = args.workdir or f"runs/{cfg.name}_compare"
-    result = compare(cfg, workdir, init_from=args.init_from, seeds=args.seeds, progress=not args.no_progress)
+    result = compare(cfg, workdir, init_from=args.init_from, seeds=args.seeds, progress=not args.no_progress,
+                     metric=args.metric)
     if result.get("stopped"):
         print(json.dumps(result), flush=True)
         return int(result["stopped"]["exit_code"]) or 1

@@ -18,7 +18,7 @@ class FinetuneConfig:
     class_from_label: bool = False  # classification: the target of a crop is 1 when its label map holds an object
     min_object_voxels: int = 4  # voxels an object needs inside a crop to count (class_from_label, detection boxes)
     val_records: int = 2  # the last N records are held out for evaluation (never trained on); 0: no evaluation
-    pool: str = "mean"  # classification pooling: "mean" of the patch tokens or the "cls" token
+    pool: str = "mean"  # classification pooling: "mean" or "max" over the patch tokens, or the "cls" token
     volume_reduce: str = "mean"  # classification of a whole volume from its windows: "mean" or "max" probability
     decoder_features: int = 16  # segmentation: UNETR decoder channels at full resolution (doubling per level)
     dice_weight: float = 1.0  # segmentation: weight of the soft Dice loss added to the cross-entropy

@@ -20,7 +20,8 @@ def _mean_std(values: list) -> tuple[float | None, float | None]:
     return mean, std
 
 
-def compare(cfg, workdir, *, init_from: str, seeds: tuple[int, ...] | None = None, progress: bool = False) -> dict:
+def compare(cfg, workdir, *, init_from: str, seeds: tuple[int, ...] | None = None, progress: bool = False,
+            metric: str | None = None) -> dict:
     """Fine-tune ``cfg`` from the MAE encoder of ``init_from`` and from scratch, once per seed.
 
     Runs go to ``WORKDIR/pretrained/seed<S>`` and ``WORKDIR/scratch/seed<S>``; both arms of a seed share the
@@ -33,8 +34,10 @@ def compare(cfg, workdir, *, init_from: str, seeds: tuple[int, ...] | None = Non
       init_from: MAE pretraining workdir or checkpoint folder.
       seeds: ``train.seed`` values (default: the config's seed only).
       progress: show progress bars.
+      metric: the held-out metric compared (a key of ``eval.json``, e.g. ``window_auroc``); default mean Dice,
+        AUROC or AP at IoU 0.1 by task. Every run's full metrics are kept either way.
 
-    Returns the dict written to ``WORKDIR/compare.json``: ``metric`` (mean Dice, AUROC or AP at IoU 0.1),
+    Returns the dict written to ``WORKDIR/compare.json``: ``metric`` (the key compared),
     ``num_labeled`` / ``num_val`` (records trained on / held out), ``steps``, ``seeds``; per arm
     (``pretrained``, ``scratch``) the metric per seed, its ``mean`` and ``std`` (sample std over seeds), and per
     run the held-out metrics (without per-case lists), final loss and seconds; ``delta`` (mean pretrained minus
@@ -44,7 +47,7 @@ def compare(cfg, workdir, *, init_from: str, seeds: tuple[int, ...] | None = Non
     from medjax.finetune.loop import finetune
 
     seeds = tuple(int(s) for s in (seeds if seeds else (cfg.train.seed,)))
-    key = HEADLINE[cfg.task]
+    key = metric or HEADLINE[cfg.task]
     workdir = Path(workdir).expanduser().absolute()
     out: dict = {"config": cfg.name, "task": cfg.task, "metric": key, "steps": cfg.train.steps,
                  "batch_size": cfg.train.batch_size, "mode": cfg.finetune.mode, "seeds": list(seeds),
@@ -62,6 +65,11 @@ def compare(cfg, workdir, *, init_from: str, seeds: tuple[int, ...] | None = Non
                 (workdir / "compare.json").write_text(json.dumps(out, indent=1) + "\n")
                 return out
             ev = {k: v for k, v in (s.get("eval") or {}).items() if k != "cases"}
+            if ev and key not in ev:
+                from medjax.errors import ConfigError
+
+                raise ConfigError(f"metric {key!r} is not among the held-out metrics of {cfg.task} "
+                                  f"({', '.join(sorted(ev))}); pick one of those")
             out["num_labeled"], out["num_val"] = s["num_train_records"], s["num_val_records"]
             out[name]["per_seed"].append(ev.get(key))
             out[name]["runs"].append({"seed": seed, "metric": ev.get(key), "eval": ev,

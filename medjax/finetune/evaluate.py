@@ -2,7 +2,11 @@
 
 - segmentation: Dice per foreground label (mean over volumes) and their mean, from sliding-window predictions;
 - classification: accuracy, sensitivity, specificity and AUROC of the volume-level predictions against the
-  record's ``class`` (or, with ``class_from_label``, whether its label map holds an object);
+  record's ``class`` (or, with ``class_from_label``, whether its label map holds an object); with
+  ``class_from_label`` also the window level (``window_auroc``, ``window_accuracy``, ``windows``,
+  ``window_positives``): every sliding window of every held-out volume against whether it holds an object, the
+  question the model was trained on. A volume score is the maximum over tens of windows, so a window classifier
+  needs few false positives before the volume AUROC rises above chance; the window AUROC shows what it learned;
 - detection: average precision and FROC sensitivities (IoU >= 0.1) of the predicted boxes against the boxes of
   the record's label map, in world millimetres.
 """
@@ -10,6 +14,31 @@
 from __future__ import annotations
 
 import numpy as np
+
+
+def window_classes(label: np.ndarray, positions, window, min_voxels: int, spatial_dims: int = 3,
+                   slice_axis: int = 2) -> np.ndarray:
+    """Crop targets of sliding windows, as in training with ``class_from_label``: 1 when the window of the
+    label map holds at least ``min_voxels`` foreground voxels.
+
+    Args:
+      label: label map of the preprocessed volume, ``(X, Y, Z)`` (or with a trailing channel axis of 1).
+      positions: ``(slice index, starts)`` per window from :meth:`Predictor.window_probs`.
+      window: window size (spatial_dims sides); the label is zero-padded like the volume.
+      spatial_dims, slice_axis: 2D models see slices along ``slice_axis``.
+
+    Returns ``(W,)`` int64.
+    """
+    lab = np.asarray(label)
+    if lab.ndim == 4:
+        lab = lab[..., 0]
+    lab = lab[None] if spatial_dims == 3 else np.moveaxis(lab, slice_axis, 0)
+    fg = lab > 0
+    out = []
+    for n, starts in positions:
+        crop = fg[(n, *(slice(s, s + w) for s, w in zip(starts, window)))]
+        out.append(int(crop.sum() >= min_voxels))
+    return np.asarray(out, np.int64)
 
 
 def evaluate_records(cfg, model_def, params, model_state, records: list[dict]) -> dict:
@@ -40,11 +69,17 @@ def evaluate_records(cfg, model_def, params, model_state, records: list[dict]) -
         from medjax.evaluation.classification import accuracy, auroc, sensitivity, specificity
 
         scores, truth = [], []
+        win_scores, win_truth = [], []
         for r in records:
             s = preprocess_record(cfg, r)
-            p = pred.classify(s["image"])
+            wp, positions = pred.window_probs(s["image"])
+            p = pred.volume_probs(wp)
             if ft.class_from_label:
-                y = int(len(object_boxes(np.asarray(s["label"]), ft.min_object_voxels)) > 0)
+                label = np.asarray(s["label"])
+                y = int(len(object_boxes(label, ft.min_object_voxels)) > 0)
+                win_scores.append(wp)
+                win_truth.append(window_classes(label, positions, pred.window, ft.min_object_voxels,
+                                                cfg.data.spatial_dims, cfg.data.slice_axis))
             else:
                 y = r["class"]
             scores.append(p)
@@ -62,6 +97,11 @@ def evaluate_records(cfg, model_def, params, model_state, records: list[dict]) -
                "sensitivity": sensitivity(hard, y, ft.num_classes), "specificity": specificity(hard, y, ft.num_classes),
                "auroc": (auroc(scores[:, 1], y) if ft.num_classes == 2 else auroc(scores, y)) if both else None,
                "cases": cases}
+        if win_scores:  # window level: every sliding window of the held-out volumes, target from its label map
+            ws, wy = np.concatenate(win_scores), np.concatenate(win_truth)
+            out.update({"windows": int(len(wy)), "window_positives": int(wy.sum()),
+                        "window_accuracy": accuracy(ws.argmax(-1), wy),
+                        "window_auroc": auroc(ws[:, 1], wy) if 0 < wy.sum() < len(wy) else None})
         return acc.json_safe(out)
     from medjax.evaluation.detection import average_precision, froc
 

@@ -172,10 +172,20 @@ class Predictor:
                                                                                          self.model_state))
         return self._unslice(np.asarray(jax.device_get(out)))
 
+    def window_probs(self, volume: np.ndarray) -> tuple[np.ndarray, list]:
+        """Class probabilities of every window of a volume: ``(probs (W, K), positions)``, one position
+        ``(slice index, starts)`` per window (the volume zero-padded to at least the window, as in
+        :meth:`classify`)."""
+        batch, positions = self._windows(self._slices(np.asarray(volume, np.float32)))
+        return self._run_windows(self._cls_fn, batch, positions), positions
+
     def classify(self, volume: np.ndarray) -> np.ndarray:
         """Class probabilities (K,) of a volume: window probabilities reduced by ``finetune.volume_reduce``."""
-        batch, positions = self._windows(self._slices(np.asarray(volume, np.float32)))
-        probs = self._run_windows(self._cls_fn, batch, positions)
+        return self.volume_probs(self.window_probs(volume)[0])
+
+    def volume_probs(self, probs: np.ndarray) -> np.ndarray:
+        """Window probabilities (W, K) -> the volume's (K,) by ``finetune.volume_reduce`` ("max": the window
+        most confident in a non-background class; "mean": the average)."""
         if self.cfg.finetune.volume_reduce == "max" and not self.cfg.finetune.multi_label:
             pos = probs[:, 1:].sum(-1)
             best = probs[int(np.argmax(pos))]

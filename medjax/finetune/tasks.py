@@ -45,6 +45,8 @@ def check_task(cfg) -> None:
     if ft.class_weights and len(ft.class_weights) != ft.num_classes:
         raise ConfigError(f"finetune.class_weights has {len(ft.class_weights)} entries but finetune.num_classes="
                           f"{ft.num_classes}; give one weight per class or ()")
+    if cfg.task == "classification" and ft.pool not in ("mean", "max", "cls"):
+        raise ConfigError(f"finetune.pool={ft.pool!r}: use 'mean' or 'max' (over the patch tokens) or 'cls'")
     if ft.volume_reduce not in ("mean", "max"):
         raise ConfigError(f"finetune.volume_reduce={ft.volume_reduce!r}: use 'mean' or 'max'")
     if cfg.task == "detection" and cfg.data.spatial_dims != 3:

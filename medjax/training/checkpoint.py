@@ -57,6 +57,7 @@ class Checkpointer:
             raise CheckpointError(f"checkpoint.every_steps={every_steps} must be at least 1")
         self.directory = checkpoint_dir(workdir)
         self.every_steps = every_steps
+        self._started: set[int] = set()  # steps whose save this process started
         if read_only and not self.directory.is_dir():
             raise CheckpointError(f"no checkpoint directory {self.directory}; train first or check WORKDIR")
         options = ocp.CheckpointManagerOptions(
@@ -119,8 +120,10 @@ class Checkpointer:
         step = int(step)
         if not force and step % self.every_steps:
             return False
-        if step in self.all_steps():
+        # a step saved by this process may still be in flight (async) and so not yet listed on disk
+        if step in self._started or step in self.all_steps():
             return False
+        self._started.add(step)
         items: dict[str, Any] = {"state": ocp.args.StandardSave(_encode_keys(state_pytree))}
         if data_state is not None:
             items["data"] = ocp.args.JsonSave(_jsonable(data_state, "data_state"))

@@ -93,3 +93,17 @@ def test_layer_decay_is_anchored_to_the_encoder(tiny_cfg):
     heads = [v for k, v in mult.items() if k != "encoder"]
     assert "stem" in mult and "ups" in mult
     assert set(jax.tree.leaves(heads)) == {1.0}
+
+
+def test_window_classes_count_label_voxels_inside_each_window():
+    from medjax.finetune.evaluate import window_classes
+
+    label = np.zeros((10, 8, 8), np.uint8)
+    label[7:10, 0:2, 0:2] = 1  # 12 voxels: 4 of them in the window at x = 4 (x 4..7), all 12 in the one at x = 6
+    positions = [(0, (0, 0, 0)), (0, (4, 0, 0)), (0, (6, 0, 0)), (0, (6, 4, 4))]
+    np.testing.assert_array_equal(window_classes(label, positions, (4, 4, 4), 4), [0, 1, 1, 0])
+    np.testing.assert_array_equal(window_classes(label[..., None], positions, (4, 4, 4), 12), [0, 0, 1, 0])
+    np.testing.assert_array_equal(window_classes(label, positions, (4, 4, 4), 13), [0, 0, 0, 0])
+    # 2D models see slices along slice_axis: window (n, (x, y)) of slice z = n
+    positions2d = [(0, (6, 0)), (5, (6, 0))]
+    np.testing.assert_array_equal(window_classes(label, positions2d, (4, 4), 4, spatial_dims=2), [1, 0])

@@ -52,16 +52,21 @@ def test_classification_compare_then_predict(data, tmp_path, capsys):
     cmp_dir = tmp_path / "cmp"
     capsys.readouterr()
     assert _cli("finetune-compare", "--config", "demo_cls", "--workdir", cmp_dir, "--init-from", mae,
-                "--no-progress", "--seeds", "0", "--set", f"data.dir={data / 'train'}", "finetune.num_labeled=2",
+                "--no-progress", "--seeds", "0", "--metric", "window_auroc", "--set", f"data.dir={data / 'train'}", "finetune.num_labeled=2",
                 *TINY, *FT) == 0
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     saved = json.loads((cmp_dir / "compare.json").read_text())
     assert printed == saved
-    assert saved["metric"] == "auroc" and saved["num_labeled"] == 2 and saved["num_val"] == 2
+    assert saved["metric"] == "window_auroc" and saved["num_labeled"] == 2 and saved["num_val"] == 2
     assert saved["seeds"] == [0] and saved["steps"] == 2
     for arm in ("pretrained", "scratch"):
         run = saved[arm]["runs"][0]
         assert run["eval"]["task"] == "classification" and 0.0 <= run["eval"]["accuracy"] <= 1.0
+        # window level: every sliding window of both held-out volumes (2 x 2 x 2 windows of 8 voxels on each
+        # ~12 x 14 x 10 grid at 3 mm); the blobs are big here, so every window holds one and AUROC is undefined
+        assert run["eval"]["windows"] == run["eval"]["window_positives"] == 16
+        assert run["eval"]["window_auroc"] is None and run["eval"]["window_accuracy"] is not None
+        assert run["metric"] is None and saved[arm]["per_seed"] == [None]
         assert np.isfinite(run["final_loss"])
     init = json.loads((cmp_dir / "pretrained" / "seed0" / "init.json").read_text())
     assert init["step"] == 2 and init["loaded"] > 0

@@ -43,6 +43,19 @@ def test_heads_shapes(nd, size):
     assert out["size"].shape == out["offset"].shape == (2, *grid, nd)
 
 
+@pytest.mark.parametrize("pool", ["mean", "max", "cls"])
+def test_classifier_pooling_of_the_patch_tokens(pool):
+    cfg = ModelConfig(variant="Mu/4", cls_token=pool == "cls")
+    cls = ViTClassifier(cfg, spatial_dims=2, input_size=8, num_classes=2, pool=pool, rngs=nnx.Rngs(0))
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 8, 8, 1)), jnp.float32)
+    tokens = np.asarray(cls.encoder(x, deterministic=True), np.float32)  # (2, prefix + 4, 64)
+    patches = tokens[:, cls.encoder.num_prefix_tokens:]
+    want = {"mean": patches.mean(1), "max": patches.max(1), "cls": tokens[:, 0]}[pool]
+    np.testing.assert_allclose(np.asarray(cls.features(x)), want, rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="pool"):
+        ViTClassifier(CFG, spatial_dims=2, input_size=8, num_classes=2, pool="median", rngs=nnx.Rngs(0))
+
+
 def test_detector_heatmap_prior():
     det = ViTDetector(CFG, spatial_dims=3, input_size=8, num_classes=2, hidden=8, rngs=nnx.Rngs(0))
     # focal-loss bias init: every cell starts at a 1% centre probability for every class

@@ -2,8 +2,9 @@
 
 Two recipes from the MAE paper:
 
-- **Full fine-tuning**: global average pool of the patch tokens (or the CLS token when ``pool="cls"``), then a
-  Linear layer; the whole network trains (with layer-wise LR decay, see :mod:`medjax.finetune`).
+- **Full fine-tuning**: global average pool of the patch tokens (or the CLS token when ``pool="cls"``, or the
+  per-feature maximum over the patch tokens when ``pool="max"``, which keeps the evidence of an object that
+  covers one patch of many, e.g. "is there a lesion anywhere in this crop"), then a Linear layer; the whole network trains (with layer-wise LR decay, see :mod:`medjax.finetune`).
 - **Linear probing**: the encoder is frozen and a BatchNorm *without affine parameters* normalises the pooled
   features before the Linear layer (``probe_norm=True``). With a frozen encoder the normalisation statistics are
   a fixed property of the data: during training each batch is normalised with its own statistics, and the
@@ -22,7 +23,7 @@ from flax import nnx
 from medjax.models.layers import Dense
 from medjax.models.vit import ViT
 
-_POOLS = ("mean", "cls")
+_POOLS = ("mean", "max", "cls")
 
 
 class FeatureNorm(nnx.Module):
@@ -59,7 +60,8 @@ class ViTClassifier(nnx.Module):
       spatial_dims: 2 or 3.
       input_size: spatial size (pixels/voxels) of the inputs (int or 1-tuple broadcast).
       num_classes: output logits K (classes for softmax; labels for multi-label sigmoid).
-      pool: ``"mean"`` (average of the patch tokens) or ``"cls"`` (the CLS token; needs ``cfg.cls_token``).
+      pool: ``"mean"`` (average of the patch tokens), ``"max"`` (per-feature maximum over the patch tokens) or
+        ``"cls"`` (the CLS token; needs ``cfg.cls_token``).
       probe_norm: put a :class:`FeatureNorm` (BatchNorm without affine) before the Linear layer (linear probing).
       rngs: ``nnx.Rngs``.
 
@@ -89,7 +91,8 @@ class ViTClassifier(nnx.Module):
         p = self.encoder.num_prefix_tokens
         if self.pool == "cls":
             return tokens[:, 0].astype(jnp.float32)
-        return tokens[:, p:].astype(jnp.float32).mean(axis=1)
+        patches = tokens[:, p:].astype(jnp.float32)
+        return patches.max(axis=1) if self.pool == "max" else patches.mean(axis=1)
 
     def classify(self, feats: jax.Array, *, deterministic: bool = True) -> jax.Array:
         """Pooled features (B, D) -> logits (B, K) float32."""
