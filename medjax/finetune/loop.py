@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medjax.errors import ConfigError, DataError, StaleCacheError, TrainingDivergedError
+from medjax.errors import ConfigError, DataError, StaleCacheError
 
 
 # ------------------------------------------------------------------------------------------- records
@@ -79,7 +79,8 @@ def training_cache(data_cfg, workdir: Path, records: list[dict]) -> str:
             return out
     except (DataError, StaleCacheError):
         pass
-    prepare(data_cfg.dir, out, data_cfg, workers=data_cfg.workers)
+    # a few-label set prepares faster in this process than worker processes start up
+    prepare(data_cfg.dir, out, data_cfg, workers=data_cfg.workers if len(records) > 16 else 0)
     return out
 
 
@@ -132,7 +133,7 @@ def finetune(cfg, workdir, *, init_from: str | None = None, restart: bool = Fals
     from medjax.training.logging import RunLogger
     from medjax.training.loop import batch_sizes, clean_workdir
     from medjax.training.optim import make_schedule
-    from medjax.training.signals import StopRequest
+    from medjax.training.driver import run_steps
     from medjax.training.state import split_model, state_from_dict, state_to_dict, train_state_spec
     from medjax.training.steps import make_train_step
 
@@ -192,53 +193,28 @@ def finetune(cfg, workdir, *, init_from: str | None = None, restart: bool = Fals
                        enabled=jax.process_index() == 0, desc="finetune")
     if resumed_from is not None:
         logger.write(f"resumed from {ckpt.directory / str(resumed_from)} (step {resumed_from})")
-    host: dict = {}
-    first_loss = None
-    step = start
-    stopped = None
-    t_mark, step_mark = time.time(), start
 
-    def save(s: int, force: bool) -> None:
-        ckpt.save(s, state_to_dict(state), data_state=data.get_state(),
+    def save(s: int, st, host: dict, force: bool) -> None:
+        ckpt.save(s, state_to_dict(st), data_state=data.get_state(),
                   meta={**meta, "step": int(s), "loss": host.get("loss")}, force=force)
 
+    def next_batch() -> dict:
+        return to_global_batch(prepare_batch(run_cfg, next(data)), bsh)
+
+    def probe_statistics(st):  # linear probing: BatchNorm statistics of the frozen encoder's features
+        return _precise_feature_norm(run_cfg, spec, st, per_process) if cfg.finetune.mode == "linear" else st
+
     try:
-        with StopRequest() as stop:
-            while step < cfg.train.steps:
-                batch = to_global_batch(prepare_batch(run_cfg, next(data)), bsh)
-                with _sh.activate(mesh, spec.rules):
-                    state, metrics = step_fn(state, batch)
-                step += 1
-                host = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                first_loss = host["loss"] if first_loss is None else first_loss
-                if step % cfg.checkpoint.every_steps == 0:
-                    save(step, force=False)
-                bad = int(host["nonfinite_count"])
-                done = step == cfg.train.steps
-                if step % max(1, cfg.train.log_every) == 0 or done or step == start + 1 or bad:
-                    now = time.time()
-                    host["samples_per_s"] = ((step - step_mark) * cfg.train.batch_size / (now - t_mark)
-                                             if step > step_mark else 0.0)
-                    logger.log(step, host)
-                    t_mark, step_mark = now, step
-                logger.progress(step, host["loss"], host.get("samples_per_s"))
-                if bad >= cfg.train.max_nonfinite:
-                    save(step, force=True)
-                    ckpt.wait()
-                    logger.close()
-                    raise TrainingDivergedError(
-                        f"{bad} consecutive non-finite steps at step {step}; last checkpoint "
-                        f"{ckpt.directory / str(step)}; lower train.lr or raise train.warmup_steps")
-                if stop.requested:
-                    stopped = stop
-                    break
-            if cfg.finetune.mode == "linear" and step > start and stopped is None:
-                state = _precise_feature_norm(run_cfg, spec, state, per_process)
-            save(step, force=True)
-            ckpt.wait()
+        result = run_steps(cfg, state, step_fn, start=start, next_batch=next_batch, save=save, ckpt=ckpt,
+                           logger=logger, mesh=mesh, rules=spec.rules, before_final_save=probe_statistics)
     finally:
         ckpt.wait()
         data.close()
+    state, step, host, stopped = result.state, result.step, result.host, result.stopped
+    first_loss = result.first_loss
+    if stopped is not None:
+        logger.write(f"received {stopped.name}: saved checkpoint {ckpt.directory / str(step)}; run the same "
+                     "command to resume")
     logger.close()
     eval_metrics = None
     if evaluate and val_recs and stopped is None:

@@ -120,8 +120,10 @@ class Checkpointer:
         step = int(step)
         if not force and step % self.every_steps:
             return False
-        # a step saved by this process may still be in flight (async) and so not yet listed on disk
-        if step in self._started or step in self.all_steps():
+        # a step saved by this process may still be in flight (async) and so not yet listed on disk; the
+        # manager's own list (no reload: re-reading the folder while old steps are being deleted in the
+        # background makes orbax try to delete them twice) covers the steps found when it was opened
+        if step in self._started or step in self._mgr.all_steps():
             return False
         self._started.add(step)
         items: dict[str, Any] = {"state": ocp.args.StandardSave(_encode_keys(state_pytree))}

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from medjax.config.schema import Config
-from medjax.errors import ConfigError, TrainingDivergedError
+from medjax.errors import ConfigError
 
 
 def clean_workdir(workdir: Path) -> None:
@@ -132,7 +132,7 @@ def pretrain(cfg: Config, workdir, *, restart: bool = False, progress: bool = Tr
     from medjax.training.digest import count_params, params_digest
     from medjax.training.logging import RunLogger, read_metrics
     from medjax.training.optim import make_optimizer, make_schedule
-    from medjax.training.signals import StopRequest
+    from medjax.training.driver import run_steps
     from medjax.training.state import state_from_dict, state_to_dict, train_state_spec
     from medjax.training.steps import make_train_step
 
@@ -177,69 +177,28 @@ def pretrain(cfg: Config, workdir, *, restart: bool = False, progress: bool = Tr
     logger = RunLogger(workdir, total_steps=cfg.train.steps, start_step=start, enabled=main, progress=progress)
     if resumed_from is not None:
         logger.write(f"resumed from {ckpt.directory / str(resumed_from)} (step {resumed_from})")
-    host: dict = {}
-    batch = None
-    compile_s = None
-    first_loss = None
-    step = start
-    t_mark, step_mark = time.time(), start
-    stopped = None
-    save_meta = lambda s: {**meta, "step": int(s), "loss": host.get("loss")}  # noqa: E731
+    last: dict = {"batch": None}
 
-    def save(s: int, force: bool) -> None:
-        ckpt.save(s, state_to_dict(state), data_state=_dist.gather_data_state(data), meta=save_meta(s),
-                  force=force)
+    def save(s: int, st, host: dict, force: bool) -> None:
+        ckpt.save(s, state_to_dict(st), data_state=_dist.gather_data_state(data),
+                  meta={**meta, "step": int(s), "loss": host.get("loss")}, force=force)
+
+    def next_batch() -> dict:
+        last["batch"] = to_global_batch(next(data), bsh)
+        return last["batch"]
+
+    def previews(s: int, st, batch: dict, done: bool) -> None:
+        if cfg.train.image_every and s % cfg.train.image_every == 0 and not done:
+            logger.images(s, _tb_images(previewer(st, batch["image"])))
 
     try:
-        with StopRequest() as stop:
-            while step < cfg.train.steps:
-                t0 = time.time()
-                batch = to_global_batch(next(data), bsh)
-                with _sh.activate(mesh, spec.rules):
-                    if compile_s is None and jax.process_count() > 1:
-                        # compile everywhere, then start together: gloo collectives wait only 30 s for peers
-                        step_fn = step_fn.lower(state, batch).compile()
-                        _sync("medjax-step-compiled")
-                    state, metrics = step_fn(state, batch)
-                step += 1
-                host = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                if compile_s is None:
-                    compile_s = time.time() - t0
-                    t_mark, step_mark = time.time(), step
-                if first_loss is None:
-                    first_loss = host["loss"]
-                if step % cfg.checkpoint.every_steps == 0:
-                    save(step, force=False)
-                bad = int(host["nonfinite_count"])
-                done = step == cfg.train.steps
-                if step % max(1, cfg.train.log_every) == 0 or done or step == start + 1 or bad:
-                    now = time.time()
-                    sps = (step - step_mark) * cfg.train.batch_size / (now - t_mark) if step > step_mark else None
-                    host["samples_per_s"] = sps or 0.0
-                    logger.log(step, host)
-                    if step > step_mark:
-                        t_mark, step_mark = now, step
-                logger.progress(step, host["loss"], host.get("samples_per_s"))
-                if cfg.train.image_every and step % cfg.train.image_every == 0 and not done:
-                    logger.images(step, _tb_images(previewer(state, batch["image"])))
-                if bad >= cfg.train.max_nonfinite:
-                    save(step, force=True)
-                    ckpt.wait()
-                    logger.close()
-                    raise TrainingDivergedError(
-                        f"{bad} consecutive non-finite steps at step {step} (loss {host['loss']}, grad norm "
-                        f"{host['grad_norm']}); last good checkpoint: {ckpt.directory / str(step)} "
-                        f"(parameters of step {step - bad}); lower train.lr, raise train.warmup_steps or check "
-                        "the data (`medjax data check`)")
-                # a signal may reach the processes at different steps: all stop when any got one
-                if _dist.any_process(stop.requested):
-                    stopped = stop
-                    break
-            save(step, force=True)
-            ckpt.wait()
+        result = run_steps(cfg, state, step_fn, start=start, next_batch=next_batch, save=save, ckpt=ckpt,
+                           logger=logger, mesh=mesh, rules=spec.rules, on_step=previews)
     finally:
         ckpt.wait()
         data.close()
+    state, step, host, stopped, compile_s = result.state, result.step, result.host, result.stopped, result.compile_s
+    first_loss, batch = result.first_loss, last["batch"]
     exit_code = stopped.exit_code if stopped is not None else 0
     last_dir = ckpt.directory / str(step)
     if stopped is not None:

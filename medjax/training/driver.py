@@ -1,0 +1,118 @@
+"""The step loop shared by pretraining and fine-tuning: step, log, checkpoint, stop on a signal, guard divergence.
+
+Both :func:`medjax.training.loop.pretrain` and :func:`medjax.finetune.loop.finetune` set up their own model,
+data and state, then hand the loop to :func:`run_steps` with a few callbacks:
+
+- ``next_batch()``: the next global batch (already placed with the batch sharding);
+- ``save(step, state, host, force)``: start a checkpoint (periodic ones with ``force=False``);
+- ``on_step(step, state, batch, done)``: optional per-step extra (e.g. TensorBoard previews);
+- ``before_final_save(state, stopped)``: optional last change of the state before the final checkpoint (e.g.
+  the linear probe's feature statistics); not called when a signal stopped the run.
+
+What the loop guarantees, for both: ``metrics.jsonl``/TensorBoard/progress every ``train.log_every`` steps (and on
+the first, the last and every step with a non-finite update) with samples/s measured from the step after
+compilation; a checkpoint every ``checkpoint.every_steps`` and at the end or on SIGTERM/SIGINT (the run then
+stops at a step boundary, every process at the same one); after ``train.max_nonfinite`` consecutive non-finite
+steps the state is saved and :class:`~medjax.errors.TrainingDivergedError` names that checkpoint.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from medjax.errors import TrainingDivergedError
+
+
+@dataclass
+class LoopResult:
+    """End of :func:`run_steps`: the final ``state`` and ``step``; ``host`` (the last step's metrics as floats,
+    with ``samples_per_s``), ``first_loss`` (of the first step run here), ``compile_s`` (wall seconds of that
+    first step, compilation included; None when no step ran) and ``stopped`` (the
+    :class:`~medjax.training.signals.StopRequest` of a signal that stopped the run, else None)."""
+
+    state: Any
+    step: int
+    host: dict
+    first_loss: float | None
+    compile_s: float | None
+    stopped: Any
+
+
+def run_steps(cfg, state, step_fn, *, start: int, next_batch: Callable[[], dict], save: Callable, ckpt, logger,
+              mesh, rules, on_step: Callable | None = None, before_final_save: Callable | None = None) -> LoopResult:
+    """Run ``step_fn`` from step ``start`` to ``cfg.train.steps`` (see the module doc for the callbacks).
+
+    Args:
+      cfg: the run config (``train.steps``, ``train.log_every``, ``train.batch_size``, ``train.max_nonfinite``,
+        ``checkpoint.every_steps``).
+      state: the train state; ``step_fn(state, batch) -> (state, metrics)`` (jitted, donating the state).
+      start: the step ``state`` is at.
+      ckpt: the run's :class:`~medjax.training.checkpoint.Checkpointer` (waited on before returning).
+      logger: the run's :class:`~medjax.training.logging.RunLogger`.
+      mesh, rules: the device mesh and logical-axis rules active while stepping.
+
+    Raises :class:`TrainingDivergedError` after ``cfg.train.max_nonfinite`` consecutive non-finite steps (the
+    state is saved first and the logger closed).
+    """
+    import jax
+
+    from medjax.parallel import distributed as _dist
+    from medjax.training import sharding as _sh
+    from medjax.training.signals import StopRequest
+
+    host: dict = {}
+    first_loss = compile_s = stopped = None
+    step = start
+    t_mark, step_mark = time.time(), start
+    with StopRequest() as stop:
+        while step < cfg.train.steps:
+            t0 = time.time()
+            batch = next_batch()
+            with _sh.activate(mesh, rules):
+                if compile_s is None and jax.process_count() > 1:
+                    # compile everywhere, then start together: gloo collectives wait only 30 s for peers
+                    step_fn = step_fn.lower(state, batch).compile()
+                    _dist.barrier("medjax-step-compiled")
+                state, metrics = step_fn(state, batch)
+            step += 1
+            host = {k: float(v) for k, v in jax.device_get(metrics).items()}
+            if compile_s is None:
+                compile_s = time.time() - t0
+                t_mark, step_mark = time.time(), step
+                first_loss = host["loss"]
+            if step % cfg.checkpoint.every_steps == 0:
+                save(step, state, host, False)
+            bad = int(host["nonfinite_count"])
+            done = step == cfg.train.steps
+            if step % max(1, cfg.train.log_every) == 0 or done or step == start + 1 or bad:
+                now = time.time()
+                sps = (step - step_mark) * cfg.train.batch_size / (now - t_mark) if step > step_mark else None
+                host["samples_per_s"] = sps or 0.0
+                logger.log(step, host)
+                if step > step_mark:
+                    t_mark, step_mark = now, step
+            logger.progress(step, host["loss"], host.get("samples_per_s"))
+            if on_step is not None:
+                on_step(step, state, batch, done)
+            if bad >= cfg.train.max_nonfinite:
+                save(step, state, host, True)
+                ckpt.wait()
+                logger.close()
+                raise TrainingDivergedError(
+                    f"{bad} consecutive non-finite steps at step {step} (loss {host['loss']}, grad norm "
+                    f"{host['grad_norm']}); last good checkpoint: {ckpt.directory / str(step)} "
+                    f"(parameters of step {step - bad}); lower train.lr, raise train.warmup_steps or check "
+                    "the data (`medjax data check`)")
+            # a signal may reach the processes at different steps: all stop when any got one
+            if _dist.any_process(stop.requested):
+                stopped = stop
+                break
+        if before_final_save is not None and stopped is None and step > start:
+            state = before_final_save(state)
+        save(step, state, host, True)
+        ckpt.wait()
+    return LoopResult(state=state, step=step, host=host, first_loss=first_loss, compile_s=compile_s,
+                      stopped=stopped)
