@@ -42,4 +42,16 @@ def load_config(name_or_file: str, overrides: list[str] | tuple[str, ...] = ()) 
             raise ConfigError(f"{name_or_file}: config files are .py (with get_config()) or .json")
     else:
         cfg = get_preset(name_or_file)
-    return apply_overrides(cfg, overrides)
+    cfg = apply_overrides(cfg, overrides)
+    _check_variant(cfg)
+    return cfg
+
+
+def _check_variant(cfg: Config) -> None:
+    """ConfigError naming ``model.variant`` when it does not decode (caught here, not when the model is built)."""
+    from medjax.models.variants import decode_variant
+
+    try:
+        decode_variant(cfg.model.variant, cfg.data.spatial_dims)
+    except ValueError as e:
+        raise ConfigError(f"model.variant: {e}") from None
