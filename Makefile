@@ -30,4 +30,4 @@ lab: $(VENV)/.installed
 	$(VENV)/bin/medjax lab
 
 clean:
-	rm -rf $(VENV) runs data/demo
+	rm -rf $(VENV) runs data/demo data/demo_prepared
