@@ -10,13 +10,15 @@ Design:
   ``max(1, int(w * (1 - overlap)))``; positions ``0, stride, 2*stride, ...`` and a last one clamped to ``S - w``,
   so every voxel is covered and windows never leave the image. Images smaller than the window are padded at the
   end with ``pad_value`` and the output is cropped back.
-- **One compiled program.** Window starts are a device array ``(n_batches, batch_size, 1 + ndim)``; a single
-  jitted function runs a ``lax.fori_loop`` over window batches: gather the batch with ``lax.dynamic_slice``, call
-  ``predict_fn`` on ``(batch_size, *window, C)``, then add the weighted predictions and weights into on-device
-  accumulators with ``lax.dynamic_update_slice`` (an inner ``fori_loop`` over the batch, so overlapping windows in
-  one batch add up correctly). The last partial batch is padded with dummy windows whose weight is zero. It is
-  compiled once per (input shape and dtype, window, overlap, batch_size, ``predict_fn``, ``fn_args`` shapes):
-  pass the same ``predict_fn`` object (not a fresh lambda) to reuse the compilation across calls.
+- **The model compiles once, whatever the image size.** Three jitted pieces run per window batch: gather the
+  batch with ``lax.dynamic_slice``; call ``predict_fn`` on ``(batch_size, *window, C)``; add the weighted
+  predictions and weights into on-device accumulators with ``lax.dynamic_update_slice`` (a ``fori_loop`` over
+  the batch, so overlapping windows of one batch add up), donating the accumulators. The last partial batch is
+  padded with dummy windows whose weight is zero. Only the gather and the accumulation (no model inside, a
+  fraction of a second to compile) depend on the image shape; the model call is compiled once per (window,
+  batch_size, ``predict_fn``, ``fn_args`` shapes), so a folder of volumes of different sizes compiles the model
+  once. Pass the same ``predict_fn`` object (not a fresh lambda) to reuse it across calls. The host loop only
+  dispatches: the device works through the batches without a round trip.
 - **Memory** is the input, the two accumulators ``(B, *S, K)`` and ``(B, *S, 1)`` float32 (inherent to a
   dense output) plus one window batch of activations, whatever the number of windows. Accumulating on the device
   avoids a host round trip per window batch.
@@ -27,6 +29,7 @@ Design:
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from collections.abc import Callable, Sequence
@@ -74,45 +77,56 @@ def importance_map(window: Sequence[int], mode: str = "gaussian", sigma_scale: f
     return np.where(m > 0, m, positive.min()).astype(np.float32)
 
 
-def _run(x, starts, valid, weight, fn_args, *, predict_fn, window):
-    """Jitted core: ``x (B, *P, C)``, ``starts (nb, bs, 1+nd)`` int32, ``valid (nb, bs)`` -> ``(B, *P, K)``."""
-    n_batches, bs, _ = starts.shape
-    channels = x.shape[-1]
+def _check_output(predict_fn, fn_args, bs: int, window: tuple[int, ...], channels: int, dtype) -> int:
+    """K of ``predict_fn`` on ``(bs, *window, C)`` windows (abstract evaluation); ValueError for a wrong shape."""
+    win_spec = jax.ShapeDtypeStruct((bs, *window, channels), dtype)
+    try:  # through the jitted call, so its trace is cached with the compilation: nothing is traced twice
+        out_spec = _predict.eval_shape(win_spec, fn_args, predict_fn=predict_fn)
+    except TypeError:  # not an array-valued function: trace it plainly for the error below
+        out_spec = jax.eval_shape(predict_fn, win_spec, *fn_args)
     nd = len(window)
-    win_spec = jax.ShapeDtypeStruct((bs, *window, channels), x.dtype)
-    out_spec = jax.eval_shape(predict_fn, win_spec, *fn_args)
     if not hasattr(out_spec, "shape") or out_spec.shape[:-1] != (bs, *window) or len(out_spec.shape) != nd + 2:
         raise ValueError(f"predict_fn must map windows {win_spec.shape} to (batch, *window, K) = "
                          f"({bs}, {', '.join(map(str, window))}, K), got {getattr(out_spec, 'shape', out_spec)}")
-    k = out_spec.shape[-1]
+    return int(out_spec.shape[-1])
+
+
+@functools.partial(jax.jit, static_argnames=("window",))
+def _extract(x, starts, *, window):
+    """Windows ``(bs, *window, C)`` of ``x (B, *P, C)`` at ``starts (bs, 1+nd)`` (sample index, then corner)."""
     zero = jnp.zeros((), jnp.int32)
+    return jax.vmap(lambda st: jax.lax.dynamic_slice(x, (*st, zero), (1, *window, x.shape[-1]))[0])(starts)
 
-    def extract(start):
-        return jax.lax.dynamic_slice(x, (*start, zero), (1, *window, channels))[0]
 
-    def batch_body(b, carry):
-        st = starts[b]
-        preds = predict_fn(jax.vmap(extract)(st), *fn_args).astype(jnp.float32)
+@functools.partial(jax.jit, static_argnames=("predict_fn",))
+def _predict(windows, fn_args, *, predict_fn):
+    """The model on one window batch, float32: compiled once per window batch shape, whatever the image."""
+    return predict_fn(windows, *fn_args).astype(jnp.float32)
 
-        def add(j, carry):
-            acc, wsum = carry
-            w = weight * valid[b, j]
-            idx = (*st[j], zero)
-            cur = jax.lax.dynamic_slice(acc, idx, (1, *window, k))
-            acc = jax.lax.dynamic_update_slice(acc, cur + (preds[j] * w[..., None])[None], idx)
-            curw = jax.lax.dynamic_slice(wsum, idx, (1, *window, 1))
-            wsum = jax.lax.dynamic_update_slice(wsum, curw + w[None, ..., None], idx)
-            return acc, wsum
 
-        return jax.lax.fori_loop(0, bs, add, carry)
+@functools.partial(jax.jit, donate_argnums=(0, 1))
+def _accumulate(acc, wsum, preds, starts, valid, weight):
+    """Add ``preds * weight`` and ``weight`` (times ``valid``, 0 for padding windows) into the accumulators at
+    ``starts``, one window after another so that overlapping windows of one batch add up."""
+    zero = jnp.zeros((), jnp.int32)
+    window = weight.shape
 
-    acc = jnp.zeros((*x.shape[:-1], k), jnp.float32)
-    wsum = jnp.zeros((*x.shape[:-1], 1), jnp.float32)
-    acc, wsum = jax.lax.fori_loop(0, n_batches, batch_body, (acc, wsum))
+    def add(j, carry):
+        acc, wsum = carry
+        w = weight * valid[j]
+        idx = (*starts[j], zero)
+        cur = jax.lax.dynamic_slice(acc, idx, (1, *window, acc.shape[-1]))
+        acc = jax.lax.dynamic_update_slice(acc, cur + (preds[j] * w[..., None])[None], idx)
+        curw = jax.lax.dynamic_slice(wsum, idx, (1, *window, 1))
+        wsum = jax.lax.dynamic_update_slice(wsum, curw + w[None, ..., None], idx)
+        return acc, wsum
+
+    return jax.lax.fori_loop(0, preds.shape[0], add, (acc, wsum))
+
+
+@jax.jit
+def _normalise(acc, wsum):
     return acc / wsum
-
-
-_run_jit = jax.jit(_run, static_argnames=("predict_fn", "window"))
 
 
 def sliding_window_inference(
@@ -173,16 +187,17 @@ def sliding_window_inference(
     starts[:n] = grid
     valid = np.zeros(n_batches * batch_size, dtype=np.float32)
     valid[:n] = 1.0
-    weight = importance_map(window, mode, sigma_scale)
-    out = _run_jit(
-        x,
-        jnp.asarray(starts.reshape(n_batches, batch_size, nd + 1)),
-        jnp.asarray(valid.reshape(n_batches, batch_size)),
-        jnp.asarray(weight),
-        tuple(fn_args),
-        predict_fn=predict_fn,
-        window=window,
-    )
+    weight = jnp.asarray(importance_map(window, mode, sigma_scale))
+    fn_args = tuple(fn_args)
+    k = _check_output(predict_fn, fn_args, batch_size, window, x.shape[-1], x.dtype)
+    starts = jnp.asarray(starts.reshape(n_batches, batch_size, nd + 1))
+    valid = jnp.asarray(valid.reshape(n_batches, batch_size))
+    acc = jnp.zeros((*x.shape[:-1], k), jnp.float32)
+    wsum = jnp.zeros((*x.shape[:-1], 1), jnp.float32)
+    for b in range(n_batches):  # dispatched asynchronously: the host runs ahead of the device
+        preds = _predict(_extract(x, starts[b], window=window), fn_args, predict_fn=predict_fn)
+        acc, wsum = _accumulate(acc, wsum, preds, starts[b], valid[b], weight)
+    out = _normalise(acc, wsum)
     if padded != spatial:
         out = out[(slice(None), *(slice(0, s) for s in spatial))]
     return out if batched else out[0]

@@ -127,6 +127,13 @@ def test_compiled_once_for_same_shapes():
     for k in range(3):  # new values, same shapes: the compiled program is reused, nothing is traced again
         sliding_window_inference(x + k, (4, 4, 4), fn, overlap=0.5, batch_size=3, fn_args=(W_PROJ * k,))
     assert len(traces) == n
+    # other image sizes (and a batch of two): only the gather and the blending depend on the image shape; the
+    # model is not traced (so not compiled) again
+    for shape in [(5, 12, 7, 2), (2, 9, 4, 6, 2)]:
+        y = RNG.standard_normal(shape).astype(np.float32)
+        out = sliding_window_inference(y, (4, 4, 4), fn, overlap=0.5, batch_size=3, fn_args=(W_PROJ,))
+        np.testing.assert_allclose(np.asarray(out), y @ W_PROJ, rtol=1e-5, atol=1e-5)
+    assert len(traces) == n
 
 
 def test_errors():
