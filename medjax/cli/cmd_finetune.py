@@ -13,7 +13,9 @@ def register(subparsers) -> None:
         help="fine-tune a classification/segmentation/detection model (from an MAE encoder or from scratch)",
         description="Fine-tune the task of the config (task=classification|segmentation|detection). Resumes from "
                     "WORKDIR's latest checkpoint unless --restart; the last finetune.val_records records are held "
-                    "out and scored at the end (WORKDIR/eval.json).",
+                    "out and scored at the end (WORKDIR/eval.json). The training volumes are preprocessed once "
+                    "into WORKDIR/cache and read memory-mapped from there (--set finetune.cache=false reads and "
+                    "resamples them at every visit; the batches are the same).",
     )
     _common(p)
     p.add_argument("--init-from", default=None, metavar="WORKDIR_OR_CKPT",
