@@ -42,18 +42,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def _prepared(cfg, data: Path, cache: Path) -> Path:
     """``cache`` holding ``data`` preprocessed with ``cfg.data``'s settings: reused when fresh, else (re)built."""
-    from medjax.data.cache import open_cache, prepare
-    from medjax.errors import DataError, StaleCacheError
+    from medjax.data.cache import ensure_prepared
 
-    try:
-        open_cache(str(cache), cfg.data)
-        return cache
-    except (DataError, StaleCacheError):
-        pass
     t = time.time()
-    manifest = prepare(str(data), str(cache), cfg.data, workers=2)
-    print(f"prepared {manifest['summary']['records']} volumes in {cache} ({time.time() - t:.0f} s)",
-          file=sys.stderr, flush=True)
+    records, rebuilt = ensure_prepared(str(data), str(cache), cfg.data, workers=2)
+    if rebuilt:
+        print(f"prepared {len(records)} volumes in {cache} ({time.time() - t:.0f} s)", file=sys.stderr, flush=True)
     return cache
 
 

@@ -342,6 +342,20 @@ def open_cache(out: str, cfg: DataConfig) -> list[dict]:
     return records
 
 
+def ensure_prepared(src: str, out: str, cfg: DataConfig, *, workers: int = 2,
+                    ids: list[str] | None = None) -> tuple[list[dict], bool]:
+    """Open the cache ``out`` if it is fresh for ``cfg`` (and holds exactly the records ``ids``, when given),
+    otherwise (re)build it from ``src`` with :func:`prepare`. Returns ``(records, rebuilt)``."""
+    try:
+        records = open_cache(out, cfg)
+        if ids is None or sorted(r["id"] for r in records) == sorted(str(i) for i in ids):
+            return records, False
+    except (DataError, StaleCacheError):
+        pass
+    prepare(src, out, cfg, workers=workers)
+    return open_cache(out, cfg), True
+
+
 def cache_summary(manifest: Mapping[str, Any]) -> str:
     """One line: records, skipped, size in MB, seconds."""
     s = manifest["summary"]

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medjax.errors import ConfigError, DataError, StaleCacheError
+from medjax.errors import ConfigError, DataError
 
 
 # ------------------------------------------------------------------------------------------- records
@@ -69,18 +69,13 @@ def training_cache(data_cfg, workdir: Path, records: list[dict]) -> str:
     """
     import jax
 
-    from medjax.data.cache import open_cache, prepare
+    from medjax.data.cache import ensure_prepared
 
     name = "cache" if jax.process_count() == 1 else f"cache_p{jax.process_index()}"
     out = str(workdir / name)
-    try:
-        cached = open_cache(out, data_cfg)
-        if sorted(r["id"] for r in cached) == sorted(str(r.get("id")) for r in records):
-            return out
-    except (DataError, StaleCacheError):
-        pass
     # a few-label set prepares faster in this process than worker processes start up
-    prepare(data_cfg.dir, out, data_cfg, workers=data_cfg.workers if len(records) > 16 else 0)
+    ensure_prepared(data_cfg.dir, out, data_cfg, workers=data_cfg.workers if len(records) > 16 else 0,
+                    ids=[r.get("id") for r in records])
     return out
 
 
