@@ -23,7 +23,9 @@ install-dev: $(VENV)/.installed-dev
 demo: $(VENV)/.installed
 	$(PY) -m medjax.demo_job --data $(DEMO_DATA) --workdir $(DEMO_WORKDIR)
 
+# the browser tests need the system Chromium: installed here when possible, else the exact command is printed
 test: $(VENV)/.installed-dev
+	bash .ci/ensure-chromium
 	$(PY) -m pytest -n 2 --timeout 900 tests
 
 lab: $(VENV)/.installed
