@@ -2,16 +2,31 @@
 
 Layout of a cache folder ``OUT``::
 
-    OUT/manifest.json                       settings, fingerprint, one entry per record
+    OUT/manifest.json                       settings, source, fingerprints, one entry per record
     OUT/records/00000_<id>/image.npy        float32 (*S, C), preprocessed (reoriented, resampled, normalised...)
     OUT/records/00000_<id>/label.npy        integer (*S,), same grid (only for records with a label)
     OUT/records/00000_<id>/foreground.npy   int32 (K, 3) voxel indices of label > 0, C order (with a label):
                                             crops centred on foreground read one row, not the whole label
     OUT/records/00000_<id>/image.nii.gz     with ``export_nifti``: the prepared volume with its new affine
 
-The fingerprint is a sha256 over the preprocessing settings (orientation, spacing, intensity, CT window,
-foreground crop, pad size, cache format version) and the size + modification time of every source file.
-:func:`open_cache` refuses (:class:`StaleCacheError`) a cache whose settings or sources changed.
+The manifest records what the cache was built from and how:
+
+- ``settings``: the preprocessing settings (orientation, spacing, intensity, CT window, foreground crop, pad
+  size, cache format version);
+- ``source``: the dataset's resolved path (symlinks resolved) and kind (``msd``, ``folder``, ``csv``, ``json``,
+  ``image``), and ``source_records``: every record it listed (id, image, label, class, boxes), bad ones too;
+- ``sources``: a fingerprint of every file those records name (every file of a DICOM series folder):
+  ``[size in bytes, modification time in ns, sha256 of the first 4 KiB (16 hex digits)]``. Size and time catch
+  edits; the head hash catches a same-sized file copied over with its time preserved (``cp -p``, ``rsync -a``),
+  which for NIfTI headers, gzip streams and DICOM preambles (unique instance UIDs) differs between files;
+- ``fingerprint``: a sha256 over all of the above, so a hand-edited manifest is refused too.
+
+:func:`open_cache` (which the training pipeline, fine-tuning, the demo job and the benchmark all go through)
+compares them with the config and the dataset as it is now, and refuses (:class:`StaleCacheError`) a cache
+whose settings differ, that was built from another dataset than ``data.dir``, whose dataset now lists other
+records (added, removed or changed), or whose files changed. Every message names what differs and the
+``medjax data prepare SRC OUT ...`` command that rebuilds it. Caches written before this format (version 2 and
+older, which did not store the record list and fingerprints) are refused the same way: rebuild them.
 """
 
 from __future__ import annotations
@@ -33,59 +48,82 @@ from medjax.errors import DataError, StaleCacheError
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT_VERSION = 2  # 2: foreground.npy per labelled record
+CACHE_FORMAT_VERSION = 3  # 2: foreground.npy per labelled record; 3: source, record list, file fingerprints
 MANIFEST = "manifest.json"
-
-
-def _broadcast(values, n: int) -> list:
-    values = list(values)
-    if len(values) == 1:
-        return values * n
-    return values
+_HEAD_BYTES = 4096  # bytes of each source file hashed into its fingerprint
 
 
 def cache_settings(cfg: DataConfig) -> dict:
     """The settings that change what :func:`preprocess` writes (all of them enter the fingerprint)."""
+    from medjax.data.transforms.spatial import broadcast_tuple
+
     sd = cfg.spatial_dims
+    spacing = broadcast_tuple(cfg.spacing, 3, "data.spacing") if cfg.spacing else ()
     return {
         "format": CACHE_FORMAT_VERSION,
         "orientation": cfg.orientation,
-        "spacing": [float(s) for s in _broadcast(cfg.spacing, 3)],  # mm (x, y, z); [] keeps native spacing
+        "spacing": [float(s) for s in spacing],  # mm (x, y, z); [] keeps native spacing
         "intensity": cfg.intensity,
         "ct_window": [float(v) for v in cfg.ct_window] if cfg.intensity == "ct" else None,  # HU
         "crop_foreground": bool(cfg.crop_foreground),
-        "pad": [int(c) for c in _broadcast(cfg.crop_size, sd)],  # voxels
+        "pad": [int(c) for c in broadcast_tuple(cfg.crop_size, sd, "data.crop_size")],  # voxels
         "spatial_dims": sd,
         "slice_axis": cfg.slice_axis if sd == 2 else None,
     }
 
 
-def _stat_sources(paths) -> dict[str, list[int]]:
-    """``{file: [size bytes, mtime ns]}`` for each path (every file inside a folder, e.g. a DICOM series)."""
-    out: dict[str, list[int]] = {}
+_MISSING = None  # fingerprint of a file that does not exist
+
+
+def file_fingerprint(path: str) -> list | None:
+    """``[size bytes, mtime ns, sha256 of the first 4 KiB (16 hex digits)]`` of a file; None if it is gone."""
+    try:
+        st = os.stat(path)
+        with open(path, "rb") as f:
+            head = hashlib.sha256(f.read(_HEAD_BYTES)).hexdigest()[:16]
+    except (FileNotFoundError, NotADirectoryError):
+        return _MISSING
+    return [st.st_size, st.st_mtime_ns, head]
+
+
+def _stat_sources(paths) -> dict[str, list | None]:
+    """``{file: fingerprint}`` for each path (every file inside a folder, e.g. a DICOM series)."""
+    out: dict[str, list | None] = {}
     for p in paths:
         p = os.path.abspath(p)
         if os.path.isdir(p):
             for root, _dirs, files in os.walk(p):
                 for name in files:
                     f = os.path.join(root, name)
-                    st = os.stat(f)
-                    out[f] = [st.st_size, st.st_mtime_ns]
-        elif os.path.exists(p):
-            st = os.stat(p)
-            out[p] = [st.st_size, st.st_mtime_ns]
+                    out[f] = file_fingerprint(f)
         else:
-            out[p] = [-1, -1]
+            out[p] = file_fingerprint(p)
     return dict(sorted(out.items()))
 
 
-def _fingerprint(settings: Mapping, sources: Mapping) -> str:
-    blob = json.dumps({"settings": settings, "sources": sources}, sort_keys=True).encode()
+def _fingerprint(settings: Mapping, source: Mapping, records: list, sources: Mapping) -> str:
+    blob = json.dumps({"settings": settings, "source": source, "source_records": records, "sources": sources},
+                      sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()
 
 
 def _record_paths(records) -> list[str]:
     return [p for r in records for p in (r["image"], r.get("label")) if p]
+
+
+def _record_list(records) -> list[dict]:
+    """What the cache depends on in each listed record (JSON-normalised so it compares equal after a round trip)."""
+    out = [{"id": str(r["id"]), "image": os.path.abspath(r["image"]),
+            "label": os.path.abspath(r["label"]) if r.get("label") else None,
+            "class": r.get("class"), "boxes": r.get("boxes")} for r in records]
+    return json.loads(json.dumps(out))
+
+
+def describe_source(src: str) -> dict:
+    """``{"path": resolved absolute path, "kind": msd/folder/csv/json/image}`` of a dataset."""
+    from medjax.data.sources import source_kind
+
+    return {"path": os.path.realpath(src), "kind": source_kind(src)}
 
 
 def prepare_command(src: str, out: str, cfg: DataConfig) -> str:
@@ -118,16 +156,12 @@ def _save_npy_atomic(path: str, array: np.ndarray) -> int:
     return os.path.getsize(path)
 
 
-def _save_nifti_atomic(path: str, array: np.ndarray, affine: np.ndarray) -> int:
-    import nibabel as nib
+def _save_nifti(path: str, array: np.ndarray, affine: np.ndarray) -> int:
+    from medjax.data.io_nifti import write_nifti
 
     if array.ndim == 4 and array.shape[-1] == 1:
         array = array[..., 0]
-    img = nib.Nifti1Image(np.asarray(array), np.asarray(affine, np.float64))
-    img.header.set_xyzt_units("mm")
-    tmp = os.path.join(os.path.dirname(path), f".tmp{os.getpid()}_{os.path.basename(path)}")
-    nib.save(img, tmp)
-    os.replace(tmp, path)
+    write_nifti(path, array, affine)
     return os.path.getsize(path)
 
 
@@ -189,9 +223,9 @@ def _prepare_one(task: tuple) -> dict:
         nbytes += _save_npy_atomic(os.path.join(folder, "foreground.npy"), np.ascontiguousarray(fg, np.int32))
         entry["foreground"] = os.path.join(rel, "foreground.npy")
     if export_nifti:
-        nbytes += _save_nifti_atomic(os.path.join(folder, "image.nii.gz"), image, affine)
+        nbytes += _save_nifti(os.path.join(folder, "image.nii.gz"), image, affine)
         if entry["label"]:
-            nbytes += _save_nifti_atomic(os.path.join(folder, "label.nii.gz"), label, affine)
+            nbytes += _save_nifti(os.path.join(folder, "label.nii.gz"), label, affine)
     entry["bytes"] = nbytes
     return entry
 
@@ -220,6 +254,8 @@ def prepare(src: str, out: str, cfg: DataConfig, *, workers: int = 2, export_nif
     manifest_path = os.path.join(out, MANIFEST)
     if os.path.exists(manifest_path):
         os.remove(manifest_path)
+    source = describe_source(src)
+    listed = _record_list(records)
     sources = _stat_sources(_record_paths(records))
     tasks = [(i, dict(r), cfg, os.path.abspath(out), export_nifti) for i, r in enumerate(records)]
     if workers and workers > 1 and len(tasks) > 1:
@@ -249,8 +285,10 @@ def prepare(src: str, out: str, cfg: DataConfig, *, workers: int = 2, export_nif
         "src": os.path.abspath(src),
         "split": cfg.split,
         "settings": settings,
+        "source": source,
+        "source_records": listed,
         "sources": sources,
-        "fingerprint": _fingerprint(settings, sources),
+        "fingerprint": _fingerprint(settings, source, listed, sources),
         "records": entries,
         "skipped": skipped,
         "summary": {"records": len(entries), "skipped": len(skipped),
@@ -287,33 +325,58 @@ def _describe(values) -> str:
     return head + (f" and {len(values) - 3} more" if len(values) > 3 else "")
 
 
-def open_cache(out: str, cfg: DataConfig) -> list[dict]:
-    """Check a prepared cache against ``cfg`` and its source files, and return its records.
+def _describe_records(stored: list[dict], now: list[dict]) -> list[str]:
+    """What differs between the record list stored at prepare time and the one the dataset gives now."""
+    old, new = {r["id"]: r for r in stored}, {r["id"]: r for r in now}
+    what = []
+    added = sorted(set(new) - set(old))
+    removed = sorted(set(old) - set(new))
+    if added:
+        what.append(f"{len(added)} new record(s): {_describe(added)}")
+    if removed:
+        what.append(f"{len(removed)} removed record(s): {_describe(removed)}")
+    changed = [f"{i} ({', '.join(k for k in new[i] if new[i][k] != old[i].get(k))})"
+               for i in sorted(set(old) & set(new)) if new[i] != old[i]]
+    if changed:
+        what.append(f"{len(changed)} changed record(s): {_describe(changed)}")
+    return what
 
-    Each record: ``{"id", "image": path of image.npy, "label": path of label.npy or None, "foreground": path
-    of foreground.npy ((K, 3) int32 indices of label > 0) or None, "affine": (4, 4) nested list (mm, RAS+),
-    "shape", "class", "boxes", "source": original image path}``.
 
-    Raises :class:`StaleCacheError` naming what differs (settings, or changed/missing source files) and the
-    command that rebuilds it.
-    """
-    manifest = read_manifest(out)
-    src = manifest.get("src", "SRC")
-    rebuild = f"rebuild it with: {prepare_command(src, out, cfg)}"
-    if manifest.get("format") != CACHE_FORMAT_VERSION:
-        raise StaleCacheError(f"{out}: cache format {manifest.get('format')} is not {CACHE_FORMAT_VERSION}; {rebuild}")
-    want, have = cache_settings(cfg), manifest.get("settings", {})
-    diffs = [f"{k}: cache {have.get(k)!r} vs config {v!r}" for k, v in want.items() if have.get(k) != v]
-    if manifest.get("split") != cfg.split:
-        diffs.append(f"split: cache {manifest.get('split')!r} vs config {cfg.split!r}")
-    if diffs:
-        raise StaleCacheError(f"{out}: prepared with other settings ({'; '.join(diffs)}); {rebuild}")
-    stored = manifest.get("sources", {})
-    now = _stat_sources(stored.keys())
-    changed = [p for p, st in stored.items() if now.get(p) != st]
-    added = sorted(set(now) - set(stored))  # files added inside a DICOM series folder
+def _check_source(out: str, manifest: Mapping, cfg: DataConfig, src: str | None) -> None:
+    """Raise :class:`StaleCacheError` unless the dataset ``src`` (default ``cfg.dir``; empty: the one the cache
+    was built from) is the cache's source and still lists the same records from the same files."""
+    from medjax.data.sources import load_records
+
+    stored = manifest["source"]
+    want = cfg.dir if src is None else src
+    target = want or stored["path"]
+    try:
+        now = describe_source(target)
+    except DataError as e:
+        raise StaleCacheError(f"{out}: its dataset {target} cannot be read now ({e.reason}); rebuild it with: "
+                              f"{prepare_command(target, out, cfg)}") from None
+    if now["path"] != stored["path"]:
+        raise StaleCacheError(
+            f"{out}: prepared from {stored['path']} ({stored['kind']}), but data.dir is {now['path']} "
+            f"({now['kind']}); set data.dir={stored['path']} to use this cache, or rebuild it from "
+            f"{target} with: {prepare_command(target, out, cfg)}")
+    rebuild = f"rebuild it with: {prepare_command(target, out, cfg)}"
+    if now["kind"] != stored["kind"]:
+        raise StaleCacheError(f"{out}: {target} was a {stored['kind']} dataset when prepared and is a "
+                              f"{now['kind']} dataset now; {rebuild}")
+    try:
+        listed = _record_list(load_records(target, split=cfg.split, must_exist=False))
+    except DataError as e:
+        raise StaleCacheError(f"{out}: its dataset cannot be listed now ({e}); {rebuild}") from None
+    what = _describe_records(manifest["source_records"], listed)
+    if what:
+        raise StaleCacheError(f"{out}: the dataset {target} changed since preparing ({'; '.join(what)}); {rebuild}")
+    files = manifest["sources"]
+    current = _stat_sources(files.keys())
+    changed = [p for p, fp in files.items() if current.get(p) != fp]
+    added = sorted(set(current) - set(files))  # files added inside a DICOM series folder
     if changed or added:
-        missing = [p for p in changed if now.get(p) == [-1, -1]]
+        missing = [p for p in changed if current.get(p) is _MISSING]
         what = []
         if missing:
             what.append(f"missing: {_describe(missing)}")
@@ -323,8 +386,48 @@ def open_cache(out: str, cfg: DataConfig) -> list[dict]:
         if added:
             what.append(f"new files: {_describe(added)}")
         raise StaleCacheError(f"{out}: source files changed ({'; '.join(what)}); {rebuild}")
-    if manifest.get("fingerprint") != _fingerprint(have, stored):
+
+
+def open_cache(out: str, cfg: DataConfig, *, src: str | None = None) -> list[dict]:
+    """Check a prepared cache against ``cfg`` and its dataset, and return its records.
+
+    Args:
+      out: the cache folder.
+      cfg: the data settings; ``cfg.dir`` is the dataset the cache must have been prepared from.
+      src: the dataset to check against instead of ``cfg.dir``; with ``cfg.dir`` and ``src`` both empty the
+        cache is checked against the dataset it was built from (its record list and files).
+
+    Each record: ``{"id", "image": path of image.npy, "label": path of label.npy or None, "foreground": path
+    of foreground.npy ((K, 3) int32 indices of label > 0) or None, "affine": (4, 4) nested list (mm, RAS+),
+    "shape", "class", "boxes", "source": original image path}``.
+
+    Raises :class:`StaleCacheError` naming what differs (settings; another dataset than ``data.dir``;
+    records added, removed or changed; changed or missing files; a cache from an older medjax) and the
+    ``medjax data prepare`` command that rebuilds it.
+    """
+    manifest = read_manifest(out)
+    target = (cfg.dir if src is None else src) or manifest.get("src", "SRC")
+    rebuild = f"rebuild it with: {prepare_command(target, out, cfg)}"
+    fmt = manifest.get("format")
+    if fmt != CACHE_FORMAT_VERSION:
+        if isinstance(fmt, int) and fmt < CACHE_FORMAT_VERSION:
+            raise StaleCacheError(
+                f"{out}: prepared by an older medjax (cache format {fmt}, now {CACHE_FORMAT_VERSION}) that did not "
+                f"store its dataset's record list and file fingerprints, so it cannot be checked against "
+                f"data.dir; {rebuild}")
+        raise StaleCacheError(f"{out}: cache format {fmt!r} is not {CACHE_FORMAT_VERSION}; {rebuild}")
+    want, have = cache_settings(cfg), manifest.get("settings", {})
+    diffs = [f"{k}: cache {have.get(k)!r} vs config {v!r}" for k, v in want.items() if have.get(k) != v]
+    if manifest.get("split") != cfg.split:
+        diffs.append(f"split: cache {manifest.get('split')!r} vs config {cfg.split!r}")
+    if diffs:
+        raise StaleCacheError(f"{out}: prepared with other settings ({'; '.join(diffs)}); {rebuild}")
+    if any(k not in manifest for k in ("source", "source_records", "sources", "records")):
+        raise StaleCacheError(f"{out}: manifest lacks its source description; {rebuild}")
+    if manifest.get("fingerprint") != _fingerprint(have, manifest["source"], manifest["source_records"],
+                                                   manifest["sources"]):
         raise StaleCacheError(f"{out}: manifest fingerprint does not match its contents; {rebuild}")
+    _check_source(out, manifest, cfg, src)
     root = os.path.abspath(out)
     records = []
     for e in manifest["records"]:
@@ -344,16 +447,17 @@ def open_cache(out: str, cfg: DataConfig) -> list[dict]:
 
 def ensure_prepared(src: str, out: str, cfg: DataConfig, *, workers: int = 2,
                     ids: list[str] | None = None) -> tuple[list[dict], bool]:
-    """Open the cache ``out`` if it is fresh for ``cfg`` (and holds exactly the records ``ids``, when given),
-    otherwise (re)build it from ``src`` with :func:`prepare`. Returns ``(records, rebuilt)``."""
+    """Open the cache ``out`` if it is fresh for ``cfg`` and the dataset ``src`` (:func:`open_cache`; and holds
+    exactly the records ``ids``, when given), otherwise (re)build it from ``src`` with :func:`prepare`.
+    Returns ``(records, rebuilt)``."""
     try:
-        records = open_cache(out, cfg)
+        records = open_cache(out, cfg, src=src)
         if ids is None or sorted(r["id"] for r in records) == sorted(str(i) for i in ids):
             return records, False
     except (DataError, StaleCacheError):
         pass
     prepare(src, out, cfg, workers=workers)
-    return open_cache(out, cfg), True
+    return open_cache(out, cfg, src=src), True
 
 
 def cache_summary(manifest: Mapping[str, Any]) -> str:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import gzip
 import os
 import struct
+import threading
 import zlib
 
 import numpy as np
@@ -219,8 +220,11 @@ def write_nifti(path, image, affine=None) -> None:
       image: an :class:`Image` (its affine is used unless ``affine`` is given) or an array ``(X, Y[, Z][, C])``.
       affine: ``(4, 4)`` voxel->RAS+ mm; required for a bare array.
 
-    The header is built from scratch: the affine is stored as both qform and sform (code 1, scanner-aligned),
-    units are mm, and no free-text or identifying header field is written.
+    This is medjax's one NIfTI writer (prepared-cache exports, predictions, the demo set and test data all
+    use it). The header is built from scratch: the affine is stored as both qform and sform (code 1,
+    scanner-aligned), units are mm, scaling is off, and no free-text or identifying header field
+    (``descrip``, ``db_name``, ``aux_file``, ``intent_name``) of any source is written. The file is written
+    to a temporary name in the same folder and renamed, so a crash never leaves a half-written file.
     """
     import nibabel as nib
 
@@ -245,5 +249,12 @@ def write_nifti(path, image, affine=None) -> None:
     out.set_sform(affine, code=1)
     out.header.set_xyzt_units(xyz="mm", t="sec")
     out.header.set_slope_inter(1.0, 0.0)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    nib.save(out, path)
+    folder, name = os.path.split(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, f".tmp{os.getpid()}_{threading.get_ident()}_{name}")  # keeps the suffix
+    try:
+        nib.save(out, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)

@@ -54,6 +54,30 @@ def _folder_has_training(path: str) -> bool:
     )
 
 
+SOURCE_KINDS = ("msd", "folder", "csv", "json", "image")
+
+
+def source_kind(path) -> str:
+    """What kind of dataset ``path`` is: ``"msd"`` (folder with ``dataset.json``), ``"folder"`` (volumes
+    and/or DICOM series), ``"csv"`` / ``"json"`` (manifests) or ``"image"`` (one NIfTI file or DICOM file).
+
+    Raises :class:`DataError` for a missing path or anything else.
+    """
+    path = str(path)
+    if not os.path.exists(path):
+        raise DataError(path, "dataset path not found")
+    if os.path.isdir(path):
+        return "msd" if os.path.isfile(os.path.join(path, "dataset.json")) else "folder"
+    if path.lower().endswith(".csv"):
+        return "csv"
+    if path.lower().endswith(".json"):
+        return "json"
+    if is_nifti_path(path) or is_dicom_file(path):
+        return "image"
+    raise DataError(path, "not a dataset: expected a folder, a dataset.json folder, a .csv or .json manifest, "
+                          "or a .nii/.nii.gz file")
+
+
 def load_records(path, split: str = "training", *, must_exist: bool = True) -> list[dict]:
     """Records of a dataset, sorted by id.
 
@@ -69,22 +93,17 @@ def load_records(path, split: str = "training", *, must_exist: bool = True) -> l
       DataError naming the manifest (and entry/row and key) or the folder.
     """
     path = str(path)
-    if not os.path.exists(path):
-        raise DataError(path, "dataset path not found")
-    if os.path.isdir(path) and os.path.isfile(os.path.join(path, "dataset.json")):
-        manifest = os.path.join(path, "dataset.json")
-        records = _from_json(manifest, split)
-    elif os.path.isdir(path):
+    kind = source_kind(path)
+    if kind == "msd":
+        records = _from_json(os.path.join(path, "dataset.json"), split)
+    elif kind == "folder":
         records = _from_folder(path, split)
-    elif path.lower().endswith(".csv"):
+    elif kind == "csv":
         records = _from_csv(path)
-    elif path.lower().endswith(".json"):
+    elif kind == "json":
         records = _from_json(path, split)
-    elif is_nifti_path(path) or is_dicom_file(path):
-        records = [_record(nifti_stem(path), os.path.abspath(path))]
     else:
-        raise DataError(path, "not a dataset: expected a folder, a dataset.json folder, a .csv or .json manifest, "
-                              "or a .nii/.nii.gz file")
+        records = [_record(nifti_stem(path), os.path.abspath(path))]
     if must_exist:
         for rec in records:
             for key in ("image", "label"):

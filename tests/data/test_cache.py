@@ -172,3 +172,144 @@ def test_prepare_cli(tmp_path, capsys):
     records = open_cache(str(out), cfg_for(root))
     assert len(records) == 2
     assert os.path.isfile(os.path.join(os.path.dirname(records[0]["image"]), "image.nii.gz"))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The cache is checked against data.dir: the dataset it came from, its record list and its files
+
+
+def _folder_cache(tmp_path, n=3):
+    from medjax.data.testing import write_blob_volumes
+
+    root = write_blob_volumes(tmp_path / "vols", n=n, shape=(12, 12, 12))
+    out = tmp_path / "cache"
+    cfg = cfg_for(root, intensity="none")
+    prepare(str(root), str(out), cfg, workers=0)
+    return root, out, cfg
+
+
+def test_manifest_stores_source_records_and_fingerprints(tmp_path):
+    root, out, cfg = _folder_cache(tmp_path)
+    manifest = read_manifest(str(out))
+    assert manifest["format"] == 3
+    assert manifest["source"] == {"path": os.path.realpath(root), "kind": "folder"}
+    assert [r["id"] for r in manifest["source_records"]] == ["vol00", "vol01", "vol02"]
+    for path, fp in manifest["sources"].items():
+        size, mtime_ns, head = fp
+        st = os.stat(path)
+        assert (size, mtime_ns) == (st.st_size, st.st_mtime_ns) and len(head) == 16
+
+
+def test_cache_from_another_folder_is_refused(tmp_path):
+    import shutil
+
+    root, out, cfg = _folder_cache(tmp_path)
+    other = tmp_path / "other"
+    shutil.copytree(root, other)  # even an identical copy is another dataset
+    with pytest.raises(StaleCacheError) as err:
+        open_cache(str(out), replace(cfg, dir=str(other)))
+    msg = str(err.value)
+    assert f"prepared from {os.path.realpath(root)}" in msg and f"data.dir is {os.path.realpath(other)}" in msg
+    assert f"medjax data prepare {other} {out} --spacing 2 " in msg
+    # the training pipeline opens caches through the same check
+    with pytest.raises(StaleCacheError, match="data.dir is"):
+        make_iterator(replace(cfg, dir=str(other), cache_dir=str(out)), batch_size=2, seed=0)
+    # the dataset it was built from (and an empty data.dir, meaning "the cache's own source") still open
+    assert len(open_cache(str(out), cfg)) == 3
+    assert len(open_cache(str(out), replace(cfg, dir=""))) == 3
+    assert len(open_cache(str(out), cfg, src=os.path.join(root, "."))) == 3  # same folder, other spelling
+
+
+def test_added_or_removed_volume_is_refused(tmp_path):
+    import shutil
+
+    root, out, cfg = _folder_cache(tmp_path)
+    shutil.copy(os.path.join(root, "vol00.nii.gz"), os.path.join(root, "vol03.nii.gz"))
+    with pytest.raises(StaleCacheError) as err:
+        open_cache(str(out), cfg)
+    assert "1 new record(s): vol03" in str(err.value) and "medjax data prepare" in str(err.value)
+    with pytest.raises(StaleCacheError, match="new record"):
+        make_iterator(replace(cfg, cache_dir=str(out)), batch_size=2, seed=0)
+    os.remove(os.path.join(root, "vol03.nii.gz"))
+    open_cache(str(out), cfg)
+    os.remove(os.path.join(root, "vol01.nii.gz"))
+    with pytest.raises(StaleCacheError, match=r"1 removed record\(s\): vol01"):
+        open_cache(str(out), cfg)
+
+
+def test_replaced_file_with_same_size_and_time_is_refused(tmp_path):
+    """An uncompressed volume overwritten by another of the same size, its time preserved (``cp -p``)."""
+    from medjax.data.io_nifti import write_nifti
+
+    root = tmp_path / "vols"
+    for i in range(2):
+        write_nifti(root / f"v{i}.nii", np.random.default_rng(i).normal(size=(12, 12, 12)).astype(np.float32),
+                    np.diag([2.0, 2.0, 2.0, 1.0]))
+    out = tmp_path / "cache"
+    cfg = cfg_for(root, intensity="none")
+    prepare(str(root), str(out), cfg, workers=0)
+    target, other = root / "v0.nii", root / "v1.nii"
+    st = os.stat(target)
+    target.write_bytes(other.read_bytes())
+    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert os.stat(target).st_size == st.st_size and os.stat(target).st_mtime_ns == st.st_mtime_ns
+    with pytest.raises(StaleCacheError, match="modified since preparing: .*v0.nii"):
+        open_cache(str(out), cfg)
+
+
+def test_manifest_record_changes_are_refused_but_a_rewritten_manifest_is_fresh(tmp_path):
+    """Fine-tuning rewrites its record manifest each run: same records -> fresh; another class -> stale."""
+    from medjax.data.testing import write_blob_volumes
+
+    vols = write_blob_volumes(tmp_path / "vols", n=2, shape=(12, 12, 12))
+    entries = [{"image": os.path.join(vols, f"vol0{i}.nii.gz"), "class": i} for i in range(2)]
+    manifest = tmp_path / "records.json"
+    manifest.write_text(json.dumps(entries))
+    out = tmp_path / "cache"
+    cfg = cfg_for(manifest, intensity="none")
+    prepare(str(manifest), str(out), cfg, workers=0)
+    manifest.write_text(json.dumps(entries, indent=2))  # rewritten, same records
+    st = os.stat(manifest)
+    os.utime(manifest, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    assert [r["class"] for r in open_cache(str(out), cfg)] == [0, 1]
+    entries[1]["class"] = 0
+    manifest.write_text(json.dumps(entries))
+    with pytest.raises(StaleCacheError, match=r"1 changed record\(s\): vol01 \(class\)"):
+        open_cache(str(out), cfg)
+
+
+def test_cache_from_an_older_medjax_is_refused(tmp_path):
+    root, out, cfg = _folder_cache(tmp_path, n=2)
+    path = out / "manifest.json"
+    old = json.loads(path.read_text())
+    old["format"] = 2
+    for key in ("source", "source_records"):
+        del old[key]
+    path.write_text(json.dumps(old))
+    with pytest.raises(StaleCacheError) as err:
+        open_cache(str(out), cfg)
+    msg = str(err.value)
+    assert "older medjax (cache format 2" in msg and f"medjax data prepare {root} {out}" in msg
+
+
+def test_edited_manifest_is_refused(tmp_path):
+    root, out, cfg = _folder_cache(tmp_path, n=2)
+    path = out / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["source_records"].pop()  # hide a record from the check
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(StaleCacheError, match="fingerprint does not match"):
+        open_cache(str(out), cfg)
+
+
+def test_ensure_prepared_rebuilds_for_another_folder(tmp_path):
+    from medjax.data.cache import ensure_prepared
+    from medjax.data.testing import write_blob_volumes
+
+    root, out, cfg = _folder_cache(tmp_path)
+    records, rebuilt = ensure_prepared(str(root), str(out), cfg, workers=0)
+    assert not rebuilt and len(records) == 3
+    other = write_blob_volumes(tmp_path / "other", n=2, shape=(12, 12, 12), seed=5)
+    records, rebuilt = ensure_prepared(other, str(out), replace(cfg, dir=other), workers=0)
+    assert rebuilt and len(records) == 2
+    assert read_manifest(str(out))["source"]["path"] == os.path.realpath(other)
