@@ -51,7 +51,7 @@ def run(args) -> int:
     from medjax.evaluation.sliding_window import sliding_window_inference
     from medjax.finetune.tasks import param_count
     from medjax.models.heads import UNETR
-    from medjax.models.variants import decode_variant
+    from medjax.config.variants import decode_variant
     from medjax.training.state import split_model
 
     nd = len(args.window)

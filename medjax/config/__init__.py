@@ -49,7 +49,7 @@ def load_config(name_or_file: str, overrides: list[str] | tuple[str, ...] = ()) 
 
 def _check_variant(cfg: Config) -> None:
     """ConfigError naming ``model.variant`` when it does not decode (caught here, not when the model is built)."""
-    from medjax.models.variants import decode_variant
+    from medjax.config.variants import decode_variant
 
     try:
         decode_variant(cfg.model.variant, cfg.data.spatial_dims)

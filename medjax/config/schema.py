@@ -36,7 +36,7 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    variant: str = "B/16"  # ViT size/patch: "Ti/16", "S/16", "B/16", "L/16", "H/14", "B/16x16x8"; see models.variants
+    variant: str = "B/16"  # ViT size/patch: "Ti/16", "S/16", "B/16", "L/16", "H/14", "B/16x16x8"; see config.variants
     in_channels: int = 1  # input channels (e.g. several MRI sequences)
     pos_embed: str = "sincos"  # "sincos" (fixed) or "learned"
     cls_token: bool = True  # prepend a CLS token to the encoder sequence

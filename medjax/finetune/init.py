@@ -56,7 +56,7 @@ def _flat(tree, prefix=()) -> dict:
 
 def _saved_grid(meta: dict, tokens: int, prefix: int, spatial_dims: int) -> tuple[int, ...]:
     """Patch grid of a saved learned position embedding, from the saved config (crop size / variant patch)."""
-    from medjax.models.variants import decode_variant
+    from medjax.config.variants import decode_variant
     from medjax.models.vit import broadcast_size
 
     cfg = (meta or {}).get("config") or {}

@@ -246,7 +246,7 @@ def _init_encoder(cfg, state, spec):
 
     from medjax.finetune.init import load_encoder
     from medjax.finetune.tasks import crop_size
-    from medjax.models.variants import decode_variant
+    from medjax.config.variants import decode_variant
 
     patch = decode_variant(cfg.model.variant, cfg.data.spatial_dims).patch
     grid = tuple(c // p for c, p in zip(crop_size(cfg), patch))

@@ -124,7 +124,7 @@ class Predictor:
                                                     lambda z: jax.nn.softmax(z, axis=-1))(forward(x, p, s)))
         else:
             from medjax.models.heads.detection import decode_boxes
-            from medjax.models.variants import decode_variant
+            from medjax.config.variants import decode_variant
 
             patch = decode_variant(cfg.model.variant, cfg.data.spatial_dims).patch
             top_k = cfg.finetune.det_top_k

@@ -238,7 +238,7 @@ def prepare_batch(cfg, batch: dict) -> dict:
         if "label" not in batch:
             raise ConfigError("task=detection derives boxes from label maps: set finetune.label_key to the records' "
                               "lesion-mask key (e.g. 'lesion')")
-        from medjax.models.variants import decode_variant
+        from medjax.config.variants import decode_variant
 
         patch = decode_variant(cfg.model.variant, cfg.data.spatial_dims).patch
         grid = tuple(c // p for c, p in zip(crop_size(cfg), patch))
@@ -250,7 +250,7 @@ def prepare_batch(cfg, batch: dict) -> dict:
 
 
 def num_encoder_layers(cfg) -> int:
-    from medjax.models.variants import decode_variant
+    from medjax.config.variants import decode_variant
 
     return decode_variant(cfg.model.variant, cfg.data.spatial_dims).depth
 

@@ -36,7 +36,7 @@ def _read_metrics(workdir: Path) -> list[dict]:
 
 def _check_variant(cfg) -> None:
     from medjax.errors import ConfigError
-    from medjax.models.variants import decode_variant
+    from medjax.config.variants import decode_variant
 
     try:
         decode_variant(cfg.model.variant, cfg.data.spatial_dims)

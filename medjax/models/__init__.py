@@ -7,8 +7,9 @@ from medjax.models.mae import MAE
 from medjax.models.masking import Masking, masked_mse, num_visible, random_masking
 from medjax.models.patch_embed import PatchEmbed, patch_grid, patchify, unpatchify
 from medjax.models.posembed import resize_pos_embed, sincos_pos_embed
-from medjax.models.variants import SIZES, ViTSize, decode_variant
-from medjax.models.vit import ViT, broadcast_size, load_encoder_weights
+from medjax.config.variants import SIZES, ViTSize, decode_variant
+from medjax.config.dims import broadcast_size
+from medjax.models.vit import ViT
 
 __all__ = [
     "MAE",
@@ -25,7 +26,6 @@ __all__ = [
     "compute_dtype",
     "constrain",
     "decode_variant",
-    "load_encoder_weights",
     "logical_to_spec",
     "masked_mse",
     "num_visible",

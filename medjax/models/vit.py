@@ -15,19 +15,10 @@ from medjax.models.block import Block
 from medjax.models.layers import compute_dtype, constrain, layer_norm, param_init
 from medjax.models.patch_embed import PatchEmbed, patch_grid
 from medjax.models.posembed import resize_pos_embed, sincos_pos_embed
-from medjax.models.variants import decode_variant
+from medjax.config.dims import broadcast_size
+from medjax.config.variants import decode_variant
 
 _POS_EMBED = ("sincos", "learned")
-
-
-def broadcast_size(size: Sequence[int] | int, spatial_dims: int, *, what: str = "input_size") -> tuple[int, ...]:
-    """Broadcast an int or 1-tuple to ``spatial_dims`` entries; ValueError names ``what`` for other lengths."""
-    size = (int(size),) if isinstance(size, (int, np.integer)) else tuple(int(s) for s in size)
-    if len(size) == 1:
-        size = size * spatial_dims
-    if len(size) != spatial_dims:
-        raise ValueError(f"{what}={size} must have 1 or {spatial_dims} entries for spatial_dims={spatial_dims}")
-    return size
 
 
 class ViT(nnx.Module):
@@ -141,32 +132,3 @@ class ViT(nnx.Module):
         if return_layers:
             out += ([layers[i] for i in return_layers],)
         return out if len(out) > 1 else tokens
-
-
-def load_encoder_weights(vit: ViT, encoder_state: nnx.State, *, source_grid: Sequence[int] | None = None) -> None:
-    """Copy pretrained encoder parameters (e.g. ``nnx.state(mae.encoder, nnx.Param)``) into ``vit`` in place.
-
-    A learned position embedding pretrained on ``source_grid`` (patches per dim; default: inferred when the token
-    counts match) is resized to ``vit.grid`` with :func:`resize_pos_embed`. Raises ValueError naming the first
-    parameter whose shape does not match.
-    """
-    flat = dict(nnx.to_flat_state(encoder_state))
-    pos_key = ("pos_embed",)
-    if pos_key in flat and vit.pos_embed is not None:
-        pe = flat[pos_key][...]
-        if pe.shape != vit.pos_embed[...].shape:
-            if source_grid is None:
-                raise ValueError(f"pretrained pos_embed {pe.shape} does not match {vit.pos_embed[...].shape}; pass "
-                                 f"source_grid (patches per dim at pretraining) to resize it")
-            if pe.shape[1] - math.prod(source_grid) != vit.num_prefix_tokens:
-                raise ValueError(f"pretrained pos_embed {pe.shape} on grid {tuple(source_grid)} has a different "
-                                 f"number of prefix (CLS) tokens than this ViT ({vit.num_prefix_tokens})")
-            flat[pos_key] = flat[pos_key].replace(resize_pos_embed(pe, source_grid, vit.grid))
-    target = dict(nnx.to_flat_state(nnx.state(vit, nnx.Param)))
-    for key, var in target.items():
-        if key not in flat:
-            raise ValueError(f"pretrained encoder state has no parameter {'/'.join(map(str, key))}")
-        if flat[key][...].shape != var[...].shape:
-            raise ValueError(f"parameter {'/'.join(map(str, key))}: pretrained shape {flat[key][...].shape} != "
-                             f"model shape {var[...].shape}")
-    nnx.update(vit, nnx.from_flat_state({k: flat[k] for k in target}))

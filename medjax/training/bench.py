@@ -36,7 +36,7 @@ def mae_flops_per_sample(cfg, params) -> float:
     import math
 
     from medjax.models.masking import num_visible
-    from medjax.models.variants import decode_variant
+    from medjax.config.variants import decode_variant
     from medjax.training.digest import count_params
     from medjax.training.state import broadcast_size
 

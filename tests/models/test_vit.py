@@ -92,22 +92,3 @@ def test_errors():
         ViT(MU, spatial_dims=3, input_size=(16,), rngs=nnx.Rngs(0))(jnp.ones((1, 16, 16, 16, 2)), return_layers=(3,))
     with pytest.raises(ValueError, match="pos_embed"):
         ViT(dataclasses.replace(MU, pos_embed="rope"), spatial_dims=3, input_size=(16,), rngs=nnx.Rngs(0))
-
-
-def test_load_encoder_weights_resizes_learned_pos_embed():
-    from medjax.models import MAE, load_encoder_weights
-
-    cfg = dataclasses.replace(MU, in_channels=1, pos_embed="learned")
-    mae = MAE(cfg, spatial_dims=3, input_size=(16,), rngs=nnx.Rngs(0))
-    pretrained = nnx.state(mae.encoder, nnx.Param)
-    same = ViT(cfg, spatial_dims=3, input_size=(16,), rngs=nnx.Rngs(1))
-    load_encoder_weights(same, pretrained)
-    x = jax.random.normal(jax.random.key(0), (1, 16, 16, 16, 1))
-    np.testing.assert_allclose(same(x), mae.encoder(x), atol=1e-6)
-    bigger = ViT(cfg, spatial_dims=3, input_size=(32, 16, 16), rngs=nnx.Rngs(1))
-    with pytest.raises(ValueError, match="source_grid"):
-        load_encoder_weights(bigger, pretrained)
-    load_encoder_weights(bigger, pretrained, source_grid=(2, 2, 2))
-    assert bigger.pos_embed[...].shape == (1, 17, 64)
-    np.testing.assert_array_equal(bigger.pos_embed[...][0, 0], mae.encoder.pos_embed[...][0, 0])  # CLS row kept
-    np.testing.assert_array_equal(bigger.blocks[1].mlp.fc2.kernel[...], mae.encoder.blocks[1].mlp.fc2.kernel[...])

@@ -2,7 +2,7 @@
 
 import pytest
 
-from medjax.models.variants import ViTSize, decode_variant
+from medjax.config.variants import ViTSize, decode_variant
 
 
 @pytest.mark.parametrize(
