@@ -145,12 +145,43 @@ def _check_size(path: str, header, shape: tuple[int, ...]) -> None:
             raise DataError(path, f"{claim} but the file holds only {have} bytes: truncated file or bad header")
 
 
+def _check_geometry(path: str, img, spatial_dims: int) -> None:
+    """Refuse a header whose geometry is unknown: no qform and no sform (both codes 0) and a voxel size
+    (``pixdim``) that is zero, negative or not finite. nibabel then silently assumes 1 mm voxels.
+
+    nibabel repairs ``pixdim`` while loading, so the stored header is read again (its first 540 bytes). A
+    header without qform/sform but with positive voxel sizes is accepted (ANALYZE-style: spacing from
+    ``pixdim``, axes assumed RAS, as nibabel does).
+    """
+    import io
+
+    header = img.header
+    if int(header["qform_code"]) != 0 or int(header["sform_code"]) != 0:
+        return
+    opener = gzip.open if path.lower().endswith(".gz") else open
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read(540)
+        stored = type(header).from_fileobj(io.BytesIO(raw), check=False)
+    except (OSError, EOFError, zlib.error, ValueError):
+        return  # unreadable headers are reported by the reader itself
+    n = max(1, min(spatial_dims, 3))
+    zooms = [float(v) for v in stored["pixdim"][1: n + 1]]
+    bad = [i for i, z in enumerate(zooms) if not (np.isfinite(z) and z > 0)]
+    if bad:
+        raise DataError(path, f"geometry unknown: the header has no qform or sform (qform_code = sform_code = 0) "
+                              f"and voxel size (pixdim) {zooms} mm is zero or invalid along axis {bad}, so the "
+                              "spacing and orientation are not known (nibabel would assume 1 mm); set the voxel "
+                              "size and a qform/sform when converting, e.g. re-export from DICOM")
+
+
 def read_nifti_geometry(path) -> tuple[tuple[int, ...], np.ndarray]:
     """Spatial shape and ``(4, 4)`` voxel->RAS+ mm affine of a NIfTI file, from its header only."""
     path = str(path)
     img = _load(path, mmap=True)
     shape, has_channels = layout(img.shape)
     spatial = shape[:-1] if has_channels else shape
+    _check_geometry(path, img, len(spatial))
     return tuple(spatial), np.asarray(img.affine, dtype=np.float64)
 
 
@@ -166,6 +197,16 @@ def read_nifti(path, *, mmap: bool = True, check_shape=None) -> Image:
     Returns:
       ``Image`` whose array is ``(X, Y[, Z])`` or channels-last ``(X, Y, Z, C)``; float32 when the file is
       floating point or has scaling (``scl_slope``/``scl_inter``), else the native integer dtype.
+
+    Channels: a 4-D file ``(X, Y, Z, C)`` and a 5-D file in the NIfTI vector layout ``(X, Y, Z, 1, C)``
+    (time axis of length 1, components in the fifth dimension, e.g. several MRI sequences or an RGB-like
+    volume) are both read as channels-last ``(X, Y, Z, C)``, channel ``c`` being component ``c``. Trailing
+    axes of length 1 are dropped. A 5-D file with a time axis longer than 1, ``(X, Y, Z, T, C)``, is refused
+    (``unsupported 5D data``), as is anything with more axes.
+
+    Raises:
+      DataError naming the file: unreadable or truncated data, unsupported voxel types or shapes, or an
+      unknown geometry (no qform/sform and zero voxel sizes; see :func:`_check_geometry`).
     """
     path = str(path)
     img = _load(path, mmap=mmap)
@@ -176,6 +217,7 @@ def read_nifti(path, *, mmap: bool = True, check_shape=None) -> Image:
     shape, has_channels = layout(img.shape)
     if check_shape is not None:
         check_shape(path, shape)
+    _check_geometry(path, img, len(shape) - 1 if has_channels else len(shape))
     _check_size(path, header, tuple(int(s) for s in img.shape))
     proxy = img.dataobj
     slope, inter = float(getattr(proxy, "slope", 1.0)), float(getattr(proxy, "inter", 0.0))

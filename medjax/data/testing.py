@@ -153,14 +153,19 @@ def write_tiny_dataset(dir, n: int = 4, layout: str = "folder", with_labels: boo
     return path
 
 
-def _raw_nifti(path: str, shape, dtype, payload: bytes) -> None:
-    """A NIfTI-1 file whose header claims ``shape``/``dtype`` but whose data is ``payload``."""
+def _raw_nifti(path: str, shape, dtype, payload: bytes, *, geometry: bool = True) -> None:
+    """A NIfTI-1 file whose header claims ``shape``/``dtype`` but whose data is ``payload``; with
+    ``geometry=False`` it has no qform/sform (codes 0) and zero voxel sizes (unknown geometry)."""
     import nibabel as nib
 
     hdr = nib.Nifti1Header()
     hdr.set_data_dtype(dtype)
     hdr.set_data_shape(shape)
-    hdr.set_sform(np.eye(4), code=1)
+    if geometry:
+        hdr.set_sform(np.eye(4), code=1)
+    else:
+        hdr["qform_code"] = hdr["sform_code"] = 0
+        hdr["pixdim"][1:4] = 0.0
     hdr["vox_offset"] = 352
     blob = hdr.binaryblock + b"\0" * 4 + payload
     if path.endswith(".gz"):
@@ -234,6 +239,8 @@ def make_bad_corpus(dir) -> dict[str, str]:
     expected["header_too_big.nii"] = "header claims"
     _raw_nifti(j("header_too_big_gz.nii.gz"), (512, 512, 512), np.int16, small)
     expected["header_too_big_gz.nii.gz"] = "header claims"
+    _raw_nifti(j("unknown_geometry.nii.gz"), (8, 8, 8), np.int16, small, geometry=False)
+    expected["unknown_geometry.nii.gz"] = "geometry unknown"
 
     write_nifti(j("constant.nii.gz"), np.full((8, 8, 8), 7.0, np.float32), np.eye(4))
     expected["constant.nii.gz"] = "constant"

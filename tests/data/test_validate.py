@@ -136,3 +136,60 @@ def test_cli_entry_point_subprocess(tmp_path):
     assert proc.returncode == 0, proc.stderr
     rows = json.loads(proc.stdout)
     assert [r["ok"] for r in rows] == [True, True] and proc.stderr == ""
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Unknown geometry and the 5-D vector layout
+
+
+def _no_geometry(path, zooms, dims=3):
+    import nibabel as nib
+
+    arr = np.arange(6 * 5 * 4, dtype=np.float32).reshape(6, 5, 4)
+    img = nib.Nifti1Image(arr, None)
+    img.header["qform_code"] = img.header["sform_code"] = 0
+    img.header["pixdim"][1:4] = zooms
+    nib.save(img, path)
+    return str(path)
+
+
+def test_zero_voxel_size_without_qform_sform_is_unknown_geometry(tmp_path, capsys):
+    from medjax.data.io import read_geometry, read_image
+
+    path = _no_geometry(tmp_path / "nogeom.nii.gz", (0.0, 0.0, 0.0))
+    res = check_file(path)
+    assert not res.ok and res.path == path
+    assert "geometry unknown" in res.reason and "qform_code = sform_code = 0" in res.reason and "[0.0, 0.0, 0.0]" in res.reason
+    for read in (read_image, read_geometry):  # training and prediction refuse it too, not only the checker
+        with pytest.raises(DataError, match="geometry unknown") as err:
+            read(path)
+        assert err.value.path == path
+    # one zero axis is enough; positive voxel sizes without qform/sform are accepted (spacing known)
+    assert "axis [1]" in check_file(_no_geometry(tmp_path / "one.nii", (1.0, 0.0, 2.0))).reason
+    assert check_file(_no_geometry(tmp_path / "analyze.nii.gz", (1.0, 1.5, 2.0))).ok
+    assert main(["data", "check", path]) == 1
+    assert "geometry unknown" in capsys.readouterr().out
+
+
+def test_five_d_vector_layout_reads_as_channels(tmp_path):
+    """(X, Y, Z, 1, C) is the NIfTI vector layout: read as channels-last (X, Y, Z, C), component c = channel c."""
+    import nibabel as nib
+
+    from medjax.data.io import read_image
+    from medjax.data.pipeline import read_sample
+
+    rng = np.random.default_rng(0)
+    data = rng.normal(size=(6, 5, 4, 1, 3)).astype(np.float32)
+    affine = np.diag([1.5, 2.0, 2.5, 1.0])
+    path = str(tmp_path / "vector.nii.gz")
+    nib.save(nib.Nifti1Image(data, affine), path)
+    img = read_image(path)
+    assert img.has_channels and img.array.shape == (6, 5, 4, 3) and img.spatial_shape == (6, 5, 4)
+    np.testing.assert_array_equal(img.array, data[:, :, :, 0, :])
+    np.testing.assert_array_equal(img.affine, affine)
+    assert check_file(path).ok
+    assert read_sample({"id": "v", "image": path})["image"].shape == (6, 5, 4, 3)
+    # a time axis longer than one is not a vector image: refused with the shape named
+    nib.save(nib.Nifti1Image(np.ones((6, 5, 4, 2, 3), np.float32), affine), tmp_path / "series.nii.gz")
+    res = check_file(str(tmp_path / "series.nii.gz"))
+    assert not res.ok and "unsupported 5D data of shape (6, 5, 4, 2, 3)" in res.reason
