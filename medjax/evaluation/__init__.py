@@ -11,7 +11,16 @@ from medjax.evaluation.accumulators import (
     json_safe,
 )
 from medjax.evaluation.classification import accuracy, auroc, confusion_matrix, sensitivity, specificity
-from medjax.evaluation.detection import average_precision, froc, iou3d, mean_ap, nms3d, nms3d_padded
+from medjax.evaluation.detection import (
+    average_precision,
+    froc,
+    froc_curve,
+    froc_sensitivity,
+    iou3d,
+    mean_ap,
+    nms3d,
+    nms3d_padded,
+)
 from medjax.evaluation.segmentation import (
     dice,
     foreground_labels,
@@ -45,6 +54,8 @@ __all__ = [
     "dice",
     "foreground_labels",
     "froc",
+    "froc_curve",
+    "froc_sensitivity",
     "hausdorff",
     "hd95",
     "importance_map",

@@ -9,9 +9,15 @@ Matching rules:
 - :func:`froc` (LUNA16 / MONAI ``compute_froc_curve_data`` style): a prediction is a false positive when its IoU
   with every reference box of its case is below ``iou_threshold``; a prediction that hits (IoU >= threshold) one
   or more references is never a false positive, and each reference is detected at the highest score of the
-  predictions hitting it (extra hits on the same lesion are ignored). The sensitivity reported at a rate of ``r``
-  false positives per case is the highest sensitivity reached at a score threshold whose mean false positives
-  per case is ``<= r`` (a step function, no interpolation).
+  predictions hitting it (extra hits on the same lesion are ignored). Lowering the score threshold through every
+  distinct score traces the FROC curve (:func:`froc_curve`): points ``(mean FP per case, sensitivity)`` from
+  ``(0, 0)`` at threshold ``+inf`` down to the lowest score. The sensitivity at a rate of ``r`` false positives per
+  case is read off that curve by linear interpolation between its points (:func:`froc_sensitivity`), as the
+  LUNA16 evaluation script (``np.interp`` over the curve from scikit-learn's ``roc_curve``) and MONAI
+  ``compute_froc_score`` do; where the curve is vertical at ``r`` the top of that segment counts, and beyond the
+  curve's last point the sensitivity stays at its final value. The score is the mean over the rates (LUNA16:
+  1/8, 1/4, 1/2, 1, 2, 4, 8). MONAI's ``compute_froc_curve_data`` leaves out the curve's lowest threshold (it
+  expects the score 0 of missed lesions there); the two agree whenever a lesion is missed.
 - :func:`average_precision` (PASCAL VOC / COCO style): predictions of all cases are visited in order of
   decreasing score (ties keep case order, then box order); each is a true positive when it matches, with IoU >=
   threshold, a not-yet-matched reference of its case (the one of highest IoU), else a false positive. AP is the
@@ -25,7 +31,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["iou3d", "nms3d", "nms3d_padded", "froc", "average_precision", "mean_ap"]
+__all__ = ["iou3d", "nms3d", "nms3d_padded", "froc", "froc_curve", "froc_sensitivity", "average_precision",
+           "mean_ap"]
 
 DEFAULT_FPS_PER_CASE = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 
@@ -131,6 +138,65 @@ def _cases(pred_boxes_per_case, scores_per_case, ref_boxes_per_case):
     return preds, scores, refs
 
 
+def froc_curve(fp_scores, ref_scores, num_cases: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The FROC curve: one point per distinct score threshold, from ``+inf`` (no detections) downwards.
+
+    Args:
+      fp_scores: ``(F,)`` scores of the false-positive predictions of all cases (``-inf``: padding, never counted).
+      ref_scores: ``(M,)`` per reference lesion the score at which it is detected (the best score of the
+        predictions hitting it), ``-inf`` for a lesion no prediction hits. ``M > 0``.
+      num_cases: number of cases (scans) the false positives are spread over (> 0).
+    Returns:
+      ``(fps_per_case, sensitivity, thresholds)``, each ``(P,)`` float64: at ``thresholds[i]`` (``+inf``, then every
+      distinct finite score in decreasing order) the mean false positives per case and the fraction of lesions
+      with a score ``>= thresholds[i]``. Both curves are non-decreasing and start at ``(0, 0)``.
+    """
+    fp = np.asarray(fp_scores, dtype=np.float64).reshape(-1)
+    det = np.asarray(ref_scores, dtype=np.float64).reshape(-1)
+    if np.isnan(fp).any() or np.isnan(det).any():
+        raise ValueError("FROC scores contain NaN; give finite scores (-inf marks a lesion that is never detected)")
+    if det.size == 0:
+        raise ValueError("the FROC curve needs at least one reference lesion")
+    if int(num_cases) <= 0:
+        raise ValueError(f"num_cases must be > 0, got {num_cases}")
+    top = np.finfo(np.float64).max  # +inf counts at every threshold; -inf (padding, a miss) at none
+    fp = np.minimum(fp[fp > -np.inf], top)
+    det = np.minimum(det, top)
+    finite = np.concatenate([fp, det[np.isfinite(det)]])
+    thresholds = np.concatenate([[np.inf], np.unique(finite)[::-1]])
+    # counts of scores >= t for every threshold t (searchsorted on the sorted scores)
+    fps = (fp.size - np.searchsorted(np.sort(fp), thresholds, side="left")) / float(num_cases)
+    sens = (det.size - np.searchsorted(np.sort(det), thresholds, side="left")) / float(det.size)
+    return fps, sens, thresholds
+
+
+def froc_sensitivity(fps_per_case, sensitivity, rates: Sequence[float] = DEFAULT_FPS_PER_CASE) -> np.ndarray:
+    """Sensitivity at each false-positive rate, linearly interpolated along a FROC curve.
+
+    Args:
+      fps_per_case, sensitivity: ``(P,)`` curve points in curve order (both non-decreasing, first point at
+        ``fps_per_case == 0``), e.g. from :func:`froc_curve`.
+      rates: false positives per case at which to read the curve (finite, ``>= 0``).
+    Returns:
+      ``(len(rates),)`` float64: at rate ``r``, the interpolation between the last point with ``fps <= r`` (the top
+      of a vertical segment) and the next point; the last point's sensitivity beyond the curve's end.
+    """
+    f = np.asarray(fps_per_case, dtype=np.float64).reshape(-1)
+    s = np.asarray(sensitivity, dtype=np.float64).reshape(-1)
+    r = np.asarray(rates, dtype=np.float64).reshape(-1)
+    if f.shape != s.shape or f.size == 0:
+        raise ValueError(f"a FROC curve needs matching non-empty fps and sensitivity vectors; got {f.shape}, {s.shape}")
+    if np.any(np.diff(f) < 0) or f[0] != 0:
+        raise ValueError("fps_per_case must start at 0 and never decrease along the curve")
+    if not np.all(np.isfinite(r)) or np.any(r < 0):
+        raise ValueError(f"FROC rates must be finite false positives per case >= 0, got {r.tolist()}")
+    lo = np.searchsorted(f, r, side="right") - 1  # last point with fps <= r
+    hi = np.minimum(lo + 1, f.size - 1)
+    span = f[hi] - f[lo]
+    w = np.divide(r - f[lo], span, out=np.zeros_like(r), where=span > 0)
+    return s[lo] + w * (s[hi] - s[lo])
+
+
 def froc(
     pred_boxes_per_case: Sequence,
     scores_per_case: Sequence,
@@ -145,10 +211,11 @@ def froc(
       scores_per_case: per case ``(N_i,)`` scores.
       ref_boxes_per_case: per case a ``(M_i, 6)`` array of reference boxes.
       iou_threshold: a prediction hits a reference when IoU >= this.
-      fps_per_case: false-positive rates at which the sensitivity is read.
+      fps_per_case: false-positive rates at which the sensitivity is read (LUNA16: 1/8 ... 8).
     Returns:
-      ``{"fps_per_case": [...], "sensitivity": [...] (one per rate), "score": mean sensitivity,
-      "num_refs": int, "num_cases": int}``; sensitivities are NaN (with a warning) without reference boxes.
+      ``{"fps_per_case": [...], "sensitivity": [...] (one per rate, interpolated along the curve), "score": mean
+      sensitivity, "num_refs": int, "num_cases": int}``; sensitivities are NaN (with a warning) without reference
+      boxes.
     """
     preds, scores, refs = _cases(pred_boxes_per_case, scores_per_case, ref_boxes_per_case)
     fp_scores, ref_scores = [], []
@@ -167,13 +234,8 @@ def froc(
         sens = [float("nan")] * len(rates)
         return {"fps_per_case": rates, "sensitivity": sens, "score": float("nan"), "num_refs": 0,
                 "num_cases": n_cases}
-    all_scores = np.concatenate(scores) if scores else np.zeros(0)
-    thresholds = np.concatenate([[np.inf], np.unique(all_scores)[::-1]])
-    fp_sorted, det_sorted = np.sort(fp), np.sort(det)
-    # counts of scores >= t, for every threshold t (both curves fall as t rises)
-    fp_rate = (fp.size - np.searchsorted(fp_sorted, thresholds, side="left")) / max(n_cases, 1)
-    sens_curve = (n_refs - np.searchsorted(det_sorted, thresholds, side="left")) / n_refs
-    sens = [float(sens_curve[fp_rate <= r].max()) for r in rates]
+    curve_fps, curve_sens, _ = froc_curve(fp, det, n_cases)
+    sens = [float(v) for v in froc_sensitivity(curve_fps, curve_sens, rates)]
     return {"fps_per_case": rates, "sensitivity": sens, "score": float(np.mean(sens)), "num_refs": int(n_refs),
             "num_cases": n_cases}
 

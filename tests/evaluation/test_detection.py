@@ -121,3 +121,87 @@ def test_case_count_mismatch():
         det.froc(PRED, PSCORES, REF[:1])
     with pytest.raises(ValueError, match="scores"):
         det.average_precision(PRED, [PSCORES[0], PSCORES[1][:2]], REF)
+
+
+# MONAI tests/test_compute_froc.py cases 4 and 5: false positives 0.8, 0.6 over 2 images; 4 lesions detected at
+# 1, 1, 0.8, 0.8. Curve: (0, 0) -> t=1: (0, 1/2) -> t=0.8: (1/2, 1) -> t=0.6: (1, 1). At 1/4 FP per image the
+# interpolation between (0, 1/2) and (1/2, 1) gives 3/4 (a step function gives 1/2).
+MONAI_FP, MONAI_DET = [0.8, 0.6], [1.0, 1.0, 0.8, 0.8]
+
+
+def test_froc_curve_and_interpolation_reproduce_monai_cases():
+    fps, sens, thr = det.froc_curve(MONAI_FP, MONAI_DET, num_cases=2)
+    np.testing.assert_allclose(fps, [0, 0, 0.5, 1.0])
+    np.testing.assert_allclose(sens, [0, 0.5, 1.0, 1.0])
+    np.testing.assert_allclose(thr, [np.inf, 1.0, 0.8, 0.6])
+    assert np.mean(det.froc_sensitivity(fps, sens, (0.25, 0.5, 1, 2, 4, 8))) == pytest.approx(0.95833333, abs=1e-7)
+    np.testing.assert_allclose(det.froc_sensitivity(fps, sens, (0.25,)), [0.75])
+    # vertical segments: at exactly 0 FP the top (1/2) counts; past the curve's end the last value stays
+    np.testing.assert_allclose(det.froc_sensitivity(fps, sens, (0.0, 0.1, 100.0)), [0.5, 0.6, 1.0])
+
+
+def _monai_boxes():
+    """MONAI's FROC case as boxes: case 0 has lesions A, B (hit at 1.0 and 0.8) and an FP at 0.8; case 1 has
+    lesions C, D (hit at 1.0 and 0.8) and an FP at 0.6."""
+    a, b, c = [0, 0, 0, 10, 10, 10], [20, 0, 0, 30, 10, 10], FAR[0]
+    pred = [np.array([a, b, c], float), np.array([a, b, c], float)]
+    scores = [np.array([1.0, 0.8, 0.8]), np.array([1.0, 0.8, 0.6])]
+    ref = [np.array([a, b], float), np.array([a, b], float)]
+    return pred, scores, ref
+
+
+def test_froc_boxes_interpolate_like_luna16_and_monai():
+    pred, scores, ref = _monai_boxes()
+    out = det.froc(pred, scores, ref, fps_per_case=(0.25, 0.5, 1, 2, 4, 8))
+    assert out["score"] == pytest.approx(0.95833333, abs=1e-7)  # the step function gave 0.9167
+    assert det.froc(pred, scores, ref, fps_per_case=(0.25,))["score"] == pytest.approx(0.75)  # step: 0.5
+    with pytest.raises(ValueError, match="finite false positives per case >= 0"):
+        det.froc(pred, scores, ref, fps_per_case=(-1.0,))
+
+
+def test_froc_matches_luna16_evaluation_on_random_boxes():
+    """LUNA16's noduleCADEvaluation: candidates labelled 1 (best hit of a nodule) or 0 (no nodule hit), other
+    hits excluded; fps = fpr * negatives / scans, sens = tpr * detected / nodules from scikit-learn's roc_curve,
+    then np.interp at the rates."""
+    sk = pytest.importorskip("sklearn.metrics")
+    rng = np.random.default_rng(1)
+    rates = det.DEFAULT_FPS_PER_CASE
+    for trial in range(60):
+        n_cases = int(rng.integers(1, 6))
+        pred, scores, ref = [], [], []
+        for _ in range(n_cases):
+            lo = rng.integers(0, 40, size=(int(rng.integers(0, 4)), 3)).astype(float)
+            r = np.concatenate([lo, lo + rng.integers(4, 10, size=lo.shape)], axis=1)
+            jitter = rng.integers(-2, 3, size=(r.shape[0], 6)).astype(float)
+            hits = (r + jitter)[rng.random(r.shape[0]) < 0.8]
+            far = rng.integers(60, 200, size=(int(rng.integers(0, 5)), 3)).astype(float)
+            p = np.concatenate([hits, np.concatenate([far, far + 5], axis=1)])
+            p[:, 3:] = np.maximum(p[:, 3:], p[:, :3])
+            pred.append(p)
+            scores.append(rng.choice(np.linspace(0.05, 1.0, 20), size=p.shape[0]))
+            ref.append(r)
+        n_refs = sum(r.shape[0] for r in ref)
+        if n_refs == 0:
+            continue
+        labels, probs = [], []
+        n_detected = 0
+        for p, s, r in zip(pred, scores, ref):
+            hit = det.iou3d(p, r) >= 0.1
+            labels += [0] * int((~hit.any(axis=1)).sum())
+            probs += list(s[~hit.any(axis=1)])
+            for j in range(r.shape[0]):
+                if hit[:, j].any():
+                    labels.append(1)
+                    probs.append(float(s[hit[:, j]].max()))
+                    n_detected += 1
+        if 0 < n_detected < len(labels):
+            fpr, tpr, _ = sk.roc_curve(labels, probs)
+            fps = fpr * (len(labels) - n_detected) / n_cases
+            sens_curve = tpr * n_detected / n_refs
+            expected = np.interp(rates, fps, sens_curve)
+        elif n_detected == 0:
+            expected = np.zeros(len(rates))
+        else:  # no false positives: the whole curve sits at 0 FP per scan
+            expected = np.full(len(rates), n_detected / n_refs)
+        out = det.froc(pred, scores, ref, 0.1, rates)
+        np.testing.assert_allclose(out["sensitivity"], expected, atol=1e-12, err_msg=str(trial))
