@@ -233,28 +233,17 @@ def _subject(index: int, seed: int, resolution_mm: float, reorient: bool) -> dic
 
 def _reorient(arrays: list[np.ndarray], affine: np.ndarray, code: str):
     """Store RAS-ordered ``arrays`` in orientation ``code``; the returned affine keeps world positions."""
-    from nibabel import orientations as ornt
+    from medjax.data.transforms.spatial import reorient
 
-    transform = ornt.ornt_transform(ornt.axcodes2ornt(("R", "A", "S")), ornt.axcodes2ornt(tuple(code)))
-    shape = arrays[0].shape
-    new = [np.ascontiguousarray(ornt.apply_orientation(a, transform)) for a in arrays]
-    return (*new, affine @ ornt.inv_ornt_aff(transform, shape))
+    out = [reorient(a, affine, code, has_channels=False) for a in arrays]
+    return (*(np.ascontiguousarray(a) for a, _ in out), out[0][1])
 
 
 def _save(array: np.ndarray, affine: np.ndarray, path: Path) -> None:
-    """Write a NIfTI with qform = sform = ``affine`` (code 1, scanner), mm units and no free-text fields."""
-    import nibabel as nib
+    """Write a NIfTI with qform = sform = ``affine`` (code 1), mm units and no free-text fields."""
+    from medjax.data.io_nifti import write_nifti
 
-    img = nib.Nifti1Image(array, affine)
-    img.header.set_data_dtype(array.dtype)
-    img.set_qform(affine, code=1)
-    img.set_sform(affine, code=1)
-    img.header.set_xyzt_units("mm")
-    for key in ("descrip", "db_name", "aux_file", "intent_name"):
-        img.header[key] = b""
-    tmp = path.with_name(path.name[: -len(".nii.gz")] + ".tmp.nii.gz")
-    nib.save(img, tmp)
-    os.replace(tmp, path)
+    write_nifti(path, array, affine)
 
 
 def _build_one(out_dir: str, index: int, seed: int, resolution_mm: float, reorient: bool, width: int) -> dict:

@@ -329,7 +329,7 @@ def write_dicom_multiframe(path, array, affine, *, modality: str = "MR", frame_o
 def write_blob_volumes(folder, n: int = 3, shape=(20, 20, 20), seed: int = 0, origin=(0.0, 0.0, 0.0)) -> str:
     """Write ``n`` small float32 NIfTI volumes (textured ellipsoids, 2 mm voxels, stored RAS, first voxel at
     ``origin`` mm) as ``vol00.nii.gz``... to ``folder``; returns the folder. For quick training runs in tests."""
-    import nibabel as nib
+    from medjax.data.io_nifti import write_nifti
 
     rng = np.random.default_rng(seed)
     os.makedirs(folder, exist_ok=True)
@@ -340,5 +340,5 @@ def write_blob_volumes(folder, n: int = 3, shape=(20, 20, 20), seed: int = 0, or
         vol = 100.0 * inside + 30.0 * np.sin(6 * grid[..., 0] + i) * inside + rng.normal(0, 2, shape)
         affine = np.diag([2.0, 2.0, 2.0, 1.0])
         affine[:3, 3] = origin
-        nib.save(nib.Nifti1Image(vol.astype(np.float32), affine), os.path.join(str(folder), f"vol{i:02d}.nii.gz"))
+        write_nifti(os.path.join(str(folder), f"vol{i:02d}.nii.gz"), vol.astype(np.float32), affine)
     return str(folder)

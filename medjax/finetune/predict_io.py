@@ -22,19 +22,20 @@ from medjax.errors import CheckpointError
 
 
 def load_finetuned(checkpoint):
-    """``(cfg, model_def, params, model_state, step)`` of a fine-tuning checkpoint (workdir or step folder)."""
+    """``(cfg, model_def, params, model_state, step)`` of a fine-tuning checkpoint (workdir or step folder), the
+    arrays read onto the default device (only the parameters and model state; no optimizer state)."""
     import jax
 
     from medjax.config.overrides import from_dict
     from medjax.config.schema import Config
-    from medjax.finetune.init import read_checkpoint, tree_like
     from medjax.finetune.tasks import TASKS, build_task_model
+    from medjax.training.restore import open_checkpoint, restore_model
     from medjax.training.state import split_model
 
-    state, meta, step = read_checkpoint(checkpoint)
-    if not meta.get("config"):
+    saved = open_checkpoint(checkpoint)
+    if not saved.meta.get("config"):
         raise CheckpointError(f"{checkpoint}: checkpoint has no saved config; was it written by `medjax finetune`?")
-    cfg = from_dict(Config, meta["config"])
+    cfg = from_dict(Config, saved.meta["config"])
     if cfg.task not in TASKS:
         raise CheckpointError(f"{checkpoint}: task={cfg.task!r} is not a fine-tuned model; pass a `medjax finetune` "
                               "workdir")
@@ -46,21 +47,8 @@ def load_finetuned(checkpoint):
         return p, ms
 
     abs_params, abs_ms = jax.eval_shape(abstract)
-    model_def = holder["model_def"]
-    params = tree_like(abs_params, state["params"], where=str(checkpoint))
-    model_state = tree_like(abs_ms, state.get("model_state") or {}, where=str(checkpoint)) if abs_ms else {}
-    return cfg, model_def, params, model_state, step
-
-
-def _write_nifti(path: Path, labels: np.ndarray, affine: np.ndarray) -> None:
-    import nibabel as nib
-
-    img = nib.Nifti1Image(labels, affine)
-    img.header.set_data_dtype(labels.dtype)
-    img.set_qform(affine, code=1)
-    img.set_sform(affine, code=1)
-    img.header.set_xyzt_units("mm")
-    nib.save(img, str(path))
+    params, model_state, _ = restore_model(saved, abs_params, abs_ms)
+    return cfg, holder["model_def"], params, model_state or {}, saved.step
 
 
 def _boxes_in_input(world: np.ndarray, shape, affine) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -86,6 +74,7 @@ def predict_folder(checkpoint, in_dir, out_dir, *, nearest: bool = False, save_p
     ``nearest``: map segmentation labels back by nearest neighbour instead of interpolating probabilities.
     ``save_probs``: also write ``<id>_probs.nii.gz`` float32 (X, Y, Z, K) probabilities in the original space.
     """
+    from medjax.data.io_nifti import write_nifti
     from medjax.data.sources import load_records
     from medjax.finetune.predict import (
         Predictor,
@@ -113,9 +102,9 @@ def predict_folder(checkpoint, in_dir, out_dir, *, nearest: bool = False, save_p
                 back = probs_to_original(probs, s["affine"], orig_shape, orig_affine)
                 labels = back.argmax(-1).astype(np.uint8)
                 if save_probs:
-                    _write_nifti(out / f"{r['id']}_probs.nii.gz", back.astype(np.float32), orig_affine)
+                    write_nifti(out / f"{r['id']}_probs.nii.gz", back.astype(np.float32), orig_affine)
             path = out / f"{r['id']}.nii.gz"
-            _write_nifti(path, labels.astype(np.uint8), orig_affine)
+            write_nifti(path, labels.astype(np.uint8), orig_affine)
             outputs.append(str(path))
         elif cfg.task == "classification":
             p = pred.classify(s["image"])
