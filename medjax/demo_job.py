@@ -31,7 +31,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
 
+    from medjax.data.allocator import tune_allocator
     from medjax.errors import MedjaxError
+
+    tune_allocator()  # this job owns its process, like the medjax command
 
     try:
         return _run(args)

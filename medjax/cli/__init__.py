@@ -61,8 +61,10 @@ def main(argv: list[str] | None = None) -> int:
     if not hasattr(args, "func"):
         parser.print_help()
         return 2
+    from medjax.data.allocator import tune_allocator
     from medjax.errors import MedjaxError
 
+    tune_allocator()  # the command owns its process (MEDJAX_MALLOC_TUNING=0 keeps glibc's defaults)
     try:
         return int(args.func(args) or 0)
     except MedjaxError as e:

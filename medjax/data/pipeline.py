@@ -19,6 +19,10 @@ pickling. ``worker_mode="processes"`` instead runs the whole chain in ``cfg.work
 (``mp_prefetch``; each is spawned and imports medjax, which takes seconds) for recipes dominated by pure
 Python. Either way the state is a position in the stream: a restored iterator yields exactly the rest.
 
+Allocator: the ``medjax`` command tunes glibc's malloc for these few-MB crop buffers
+(:func:`medjax.data.allocator.tune_allocator`, about half the CPU per sample from a prepared cache); building a
+pipeline in your own process never changes the allocator: call that function yourself to get the same.
+
 A batch is a dict of numpy arrays: ``image`` float32 ``(B, *crop, C)`` (``(B, H, W, C)`` for 2D), optional
 ``label`` int32 ``(B, *crop)`` and ``class`` int32 ``(B,)`` or ``(B, K)``.
 """
@@ -253,7 +257,6 @@ def build_dataset(cfg: DataConfig, *, batch_size: int, seed: int, process_index:
         where = cfg.cache_dir or cfg.dir
         raise DataError(where, f"no records for process {process_index} of {process_count} "
                                f"({len(records)} records in all); add data or use fewer processes")
-    _tune_allocator()
     fn = _VolumeCrops(shard, cfg, seed=seed, process_index=process_index, process_count=process_count,
                       cached=cached)
     ds = grain.MapDataset.range(len(shard)).repeat(num_epochs).map_with_index(fn)
@@ -271,42 +274,6 @@ def build_dataset(cfg: DataConfig, *, batch_size: int, seed: int, process_index:
         ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=cfg.workers,
                                                           per_worker_buffer_size=max(1, cfg.prefetch)))
     return ds
-
-
-_ALLOCATOR_TUNED = False
-
-
-def _tune_allocator() -> None:
-    """Let glibc reuse freed crop and batch buffers instead of returning them to the kernel (once per process).
-
-    Crops (3.5 MB each at 96^3 float32) and batches are a few MB; by default glibc serves such blocks with
-    fresh ``mmap`` s or trims them off the heap when freed, so every new buffer is zero-filled page by page by
-    the kernel, which costs as much CPU as filling it with data. Serving blocks up to 32 MB from the heap and
-    keeping up to 256 MB of freed heap halves the CPU per sample of the prepared-cache pipeline. No effect
-    off glibc, when the process set ``MALLOC_*`` tunables itself, or with ``MEDJAX_MALLOC_TUNING=0``.
-    """
-    global _ALLOCATOR_TUNED
-    if _ALLOCATOR_TUNED:
-        return
-    _ALLOCATOR_TUNED = True
-    import os
-    import sys
-
-    if not sys.platform.startswith("linux") or os.environ.get("MEDJAX_MALLOC_TUNING", "1") == "0":
-        return
-    if any(k.startswith("MALLOC_") for k in os.environ) or "GLIBC_TUNABLES" in os.environ:
-        return
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):  # not glibc (e.g. musl)
-        return
-    m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3
-    mallopt(m_mmap_threshold, 32 << 20)
-    mallopt(m_trim_threshold, 256 << 20)
-    mallopt(m_top_pad, 64 << 20)
 
 
 def _mark_flags_parsed() -> None:
