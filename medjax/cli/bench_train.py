@@ -1,4 +1,5 @@
-"""``medjax bench train``: train-step throughput on synthetic input; prints one JSON line."""
+"""``medjax bench train``: train-step throughput on synthetic input, optionally beside a PyTorch peer; prints one
+JSON line (and a one-line summary on stderr)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,13 @@ def register(subparsers) -> None:
     p.add_argument("--compile-only", action="store_true",
                    help="no steps: compile the step on abstract inputs and print the per-device memory of the "
                         "train state (from its shardings) and of the compiled program (XLA memory analysis)")
+    p.add_argument("--peer", choices=("hf", "monai"), default=None,
+                   help="also time the same MAE step in PyTorch in this process: hf = Hugging Face "
+                        "ViTMAEForPreTraining (2D), monai = MONAI MaskedAutoEncoderViT (2D/3D); adds peer_* keys "
+                        "and ratio (needs the interop extra: torch, transformers, MONAI)")
+    p.add_argument("--peer-compile", action="store_true", help="run the peer's step through torch.compile")
+    p.add_argument("--repeat", type=int, default=1,
+                   help="timed rounds, alternating medjax and the peer (default 1); the best round is reported")
     p.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                    help="config overrides, e.g. --set model.variant=S/16 model.dtype=bfloat16")
     p.set_defaults(func=run)
@@ -27,13 +35,17 @@ def run(args) -> int:
     import json
 
     from medjax.config import load_config
-    from medjax.training.bench import bench_train
+    import sys
+
+    from medjax.training.bench import bench_train, format_summary
 
     cfg = load_config(args.config, args.overrides)
     if args.compile_only:
         result = memory_report(cfg, batch=args.batch)
     else:
-        result = bench_train(cfg, steps=args.steps, batch=args.batch, peak=args.peak_tflops)
+        result = bench_train(cfg, steps=args.steps, batch=args.batch, peak=args.peak_tflops, peer=args.peer,
+                             repeat=args.repeat, peer_compile=args.peer_compile)
+        print(format_summary(result), file=sys.stderr, flush=True)
     print(json.dumps(result), flush=True)
     return 0
 
@@ -52,7 +64,9 @@ def memory_report(cfg, *, batch: int | None = None) -> dict:
     import numpy as np
 
     from medjax.parallel.sharding import compiled_memory, sharded_bytes
-    from medjax.training import sharding as _sh
+    from medjax.parallel.mesh import make_mesh
+    from medjax.parallel.rules import use_mesh
+    from medjax.parallel.sharding import batch_sharding
     from medjax.training.digest import count_params
     from medjax.training.optim import make_optimizer, make_schedule
     from medjax.training.state import input_shape, train_state_spec
@@ -60,14 +74,14 @@ def memory_report(cfg, *, batch: int | None = None) -> dict:
 
     if batch is not None:
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, batch_size=int(batch)))
-    mesh = _sh.default_mesh(cfg)
+    mesh = make_mesh(cfg.mesh)
     schedule = make_schedule(cfg.train)
     tx = make_optimizer(cfg.train, schedule=schedule)
     spec = train_state_spec(cfg, mesh, tx=tx)
-    bsh = _sh.batch_sharding(mesh)
+    bsh = batch_sharding(mesh)
     images = jax.ShapeDtypeStruct((cfg.train.batch_size, *input_shape(cfg)), np.float32, sharding=bsh)
     t0 = time.perf_counter()
-    with _sh.activate(mesh, spec.rules):
+    with use_mesh(mesh, spec.rules):
         step = make_train_step(spec.model_def, tx, schedule, state_shardings=spec.shardings, batch_sharding=bsh,
                                grad_accum=cfg.train.grad_accum)
         compiled = step.lower(spec.abstract_with_shardings(), {"image": images}).compile()
