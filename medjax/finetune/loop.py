@@ -241,20 +241,17 @@ def finetune(cfg, workdir, *, init_from: str | None = None, restart: bool = Fals
 
 
 def _init_encoder(cfg, state, spec):
-    """Load the MAE encoder into ``state.params`` (placed with the state's shardings)."""
-    import jax
-
+    """Load the MAE encoder into ``state.params``, read straight into the state's shardings."""
+    del spec
     from medjax.finetune.init import load_encoder
     from medjax.finetune.tasks import crop_size
     from medjax.config.variants import decode_variant
 
     patch = decode_variant(cfg.model.variant, cfg.data.spatial_dims).patch
     grid = tuple(c // p for c, p in zip(crop_size(cfg), patch))
-    params = jax.device_get(state.params)
-    new, report = load_encoder(params, cfg.finetune.init_from, grid=grid, num_prefix=int(cfg.model.cls_token),
+    new, report = load_encoder(state.params, cfg.finetune.init_from, grid=grid, num_prefix=int(cfg.model.cls_token),
                                spatial_dims=cfg.data.spatial_dims)
-    placed = jax.tree.map(lambda a, s: jax.device_put(np.asarray(a), s), new, spec.shardings.params)
-    return state.replace(params=placed), report
+    return state.replace(params=new), report
 
 
 def _precise_feature_norm(cfg, spec, state, batch_size: int, batches: int = 8):

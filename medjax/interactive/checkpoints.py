@@ -100,14 +100,11 @@ def list_runs(root="runs") -> list[Path]:
 
 
 def resolve_run(path) -> tuple[Path, int | None]:
-    """``(workdir, step)`` from a workdir (step None: latest) or a ``WORKDIR/checkpoints/<step>`` directory."""
-    p = Path(path).expanduser().absolute()
-    if _is_step_dir(p) and p.parent.name == CHECKPOINTS:
-        return p.parent.parent, int(p.name)
-    if p.is_dir():
-        return p, None
-    raise CheckpointError(f"{p}: not a run directory (WORKDIR with config.json and checkpoints/) nor a "
-                          "checkpoint directory WORKDIR/checkpoints/<step>; train with `medjax pretrain` first")
+    """``(workdir, step)`` from a workdir (step None: latest), its ``checkpoints/`` folder or a
+    ``WORKDIR/checkpoints/<step>`` directory (:func:`medjax.training.restore.resolve_checkpoint`)."""
+    from medjax.training.restore import resolve_checkpoint
+
+    return resolve_checkpoint(path)
 
 
 def load_run_config(workdir):
@@ -130,8 +127,9 @@ def load_run(src, step: int | None = None) -> LoadedRun:
         with ``cfg=None``).
       step: checkpoint step to load.
 
-    Only the parameters are used; they are read into host memory and placed on the default device. The model
-    is built abstractly first (no random initialisation of full-size parameters).
+    Only the parameters (and model state) are read, straight onto the default device
+    (:mod:`medjax.training.restore`); the optimizer state is not. The model is built abstractly first (no random
+    initialisation of full-size parameters).
 
     Raises:
       CheckpointError: no such run / checkpoint, or the checkpoint does not match the saved config.
@@ -143,51 +141,29 @@ def load_run(src, step: int | None = None) -> LoadedRun:
             return LoadedRun(cfg=None, model=src)
         raise TypeError(f"expected a run directory, checkpoint directory, LoadedRun or model; got {type(src)}")
     import jax
-    import jax.numpy as jnp
-    from flax import nnx
 
-    from medjax.parallel.sharding import path_str
-    from medjax.training.checkpoint import Checkpointer
+    from medjax.training.restore import open_checkpoint, restore_model
     from medjax.training.state import build_model, split_model
 
     workdir, named_step = resolve_run(src)
-    step = named_step if step is None else int(step)
     cfg = load_run_config(workdir)
     if cfg.task != "mae":
         raise CheckpointError(f"{workdir}: task={cfg.task!r}; the viewers load MAE pretraining runs")
-    ckpt = Checkpointer(workdir, read_only=True)
-    steps = ckpt.all_steps()
-    if not steps:
-        raise CheckpointError(f"no checkpoint in {ckpt.directory}; the run has not saved one yet")
-    step = steps[-1] if step is None else step
-    if step not in steps:
-        raise CheckpointError(f"no checkpoint at step {step} in {ckpt.directory}; available steps: {steps}")
-    state, _, meta = ckpt.restore_unsharded(step)
-    saved = {path_str(p): v for p, v in jax.tree_util.tree_flatten_with_path(state["params"])[0]}
+    saved = open_checkpoint(workdir, named_step if step is None else int(step))
+    holder = {}
 
-    model_def, abstract_params, model_state = split_model(nnx.eval_shape(lambda: build_model(cfg)))
+    def abstract():
+        model_def, params, model_state = split_model(build_model(cfg))
+        holder["model_def"] = model_def
+        return params, model_state
 
-    def fill(path, leaf):
-        key = path_str(path)
-        if key not in saved:
-            raise CheckpointError(f"checkpoint at step {step} in {ckpt.directory} lacks parameter {key!r}; "
-                                  f"it was not written with the config in {workdir / CONFIG_FILE}")
-        value = np.asarray(saved.pop(key))
-        if value.shape != tuple(leaf.shape):
-            raise CheckpointError(f"checkpoint at step {step} in {ckpt.directory}: parameter {key!r} has shape "
-                                  f"{value.shape}, the model built from config.json expects {tuple(leaf.shape)}")
-        return jnp.asarray(value, dtype=leaf.dtype)
-
-    params = jax.tree_util.tree_map_with_path(fill, abstract_params)
-    if saved:
-        raise CheckpointError(f"checkpoint at step {step} in {ckpt.directory} has parameters the model lacks: "
-                              f"{sorted(saved)[:5]}")
-    if jax.tree.leaves(model_state):
-        restored_state = state.get("model_state")
-        if restored_state is None:
-            raise CheckpointError(f"checkpoint at step {step} in {ckpt.directory} lacks the model state")
-        model_state = jax.tree.map(jnp.asarray, restored_state)
-    model = model_def.merge(params, model_state or None)
+    abstract_params, abstract_state = jax.eval_shape(abstract)
+    try:
+        params, model_state, _ = restore_model(saved, abstract_params, abstract_state)
+    except CheckpointError as e:
+        raise CheckpointError(f"{e} (the model is built from {workdir / CONFIG_FILE})") from None
+    model = holder["model_def"].merge(params, model_state or None)
+    step, meta = saved.step, saved.meta
     return LoadedRun(cfg=cfg, model=model, step=step, workdir=workdir, meta=dict(meta or {}))
 
 
