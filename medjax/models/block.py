@@ -28,11 +28,11 @@ class Block(nnx.Module):
     """Pre-norm ViT block on tokens (B, L, D); residual stream in ``dtype``, LayerNorm in float32."""
 
     def __init__(self, width: int, heads: int, mlp_dim: int, *, dropout: float = 0.0, drop_path: float = 0.0,
-                 dtype=jnp.float32, implementation: str | None = None, rngs: nnx.Rngs):
+                 dtype=jnp.float32, implementation: str | None = None, norm_eps: float = 1e-6, rngs: nnx.Rngs):
         self.dtype = dtype
-        self.norm1 = layer_norm(width, rngs=rngs)
+        self.norm1 = layer_norm(width, epsilon=norm_eps, rngs=rngs)
         self.attn = MultiHeadAttention(width, heads, dtype=dtype, implementation=implementation, rngs=rngs)
-        self.norm2 = layer_norm(width, rngs=rngs)
+        self.norm2 = layer_norm(width, epsilon=norm_eps, rngs=rngs)
         self.mlp = Mlp(width, mlp_dim, dropout=dropout, dtype=dtype, rngs=rngs)
         self.drop = Dropout(dropout, rngs=rngs)
         self.drop_path = DropPath(drop_path, rngs=rngs)

@@ -130,11 +130,12 @@ def param_init(init: Callable, names: LogicalNames) -> Callable:
     return nnx.with_partitioning(init, tuple(names), eager_sharding=eager)
 
 
-def layer_norm(width: int, *, rngs: nnx.Rngs) -> nnx.LayerNorm:
-    """LayerNorm over the last axis (eps 1e-6), computed and stored in float32; scale/bias named ("embed",)."""
+def layer_norm(width: int, *, epsilon: float = 1e-6, rngs: nnx.Rngs) -> nnx.LayerNorm:
+    """LayerNorm over the last axis (default eps 1e-6), computed and stored in float32; scale/bias named
+    ("embed",)."""
     return nnx.LayerNorm(
         width,
-        epsilon=1e-6,
+        epsilon=float(epsilon),
         dtype=jnp.float32,
         param_dtype=jnp.float32,
         scale_init=param_init(nnx.initializers.ones_init(), ("embed",)),

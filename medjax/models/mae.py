@@ -42,28 +42,32 @@ class MAE(nnx.Module):
         self.patch_dim = math.prod(self.patch) * self.in_channels
         self.mask_ratio = float(cfg.mask_ratio)
         self.norm_pix_loss = bool(cfg.norm_pix_loss)
+        self.norm_pix_ddof = int(getattr(cfg, "norm_pix_ddof", 0))
+        norm_eps = float(getattr(cfg, "norm_eps", 1e-6))
+        decoder_mlp = int(getattr(cfg, "decoder_mlp_dim", 0)) or 4 * int(cfg.decoder_width)
         self.dtype = enc.dtype
         dw = int(cfg.decoder_width)
         if dw % int(cfg.decoder_heads):
             raise ValueError(f"model.decoder_width={dw} must divide by model.decoder_heads={cfg.decoder_heads}")
         self.decoder_width = dw
-        sincos_pos_embed(dw, self.grid)  # validate the decoder width for this grid now
+        sincos_pos_embed(dw, self.grid, axes=enc.sincos_axes)  # validate the decoder width for this grid now
         impl = attention_implementation(cfg.attention)
         self.decoder_embed = Dense(enc.width, dw, names=("embed", None), dtype=self.dtype, rngs=rngs)
         self.mask_token = nnx.Param(param_init(nnx.initializers.normal(0.02), (None, None, "embed"))(
             rngs.params(), (1, 1, dw), jnp.float32))
         self.decoder_blocks = nnx.List([
-            Block(dw, int(cfg.decoder_heads), 4 * dw, dtype=self.dtype, implementation=impl, rngs=rngs)
+            Block(dw, int(cfg.decoder_heads), decoder_mlp, dtype=self.dtype, implementation=impl, norm_eps=norm_eps,
+                  rngs=rngs)
             for _ in range(int(cfg.decoder_depth))
         ])
-        self.decoder_norm = layer_norm(dw, rngs=rngs)
+        self.decoder_norm = layer_norm(dw, epsilon=norm_eps, rngs=rngs)
         self.decoder_pred = Dense(dw, self.patch_dim, names=("embed", "patch"), dtype=self.dtype, rngs=rngs)
 
     def target(self, images: jax.Array) -> jax.Array:
         """Reconstruction target (B, L, P) float32: patch pixels, normalised per patch when norm_pix_loss."""
         patches = patchify(images.astype(jnp.float32), self.patch)
         if self.norm_pix_loss:
-            mean, std = patch_norm_stats(patches)
+            mean, std = patch_norm_stats(patches, ddof=self.norm_pix_ddof)
             patches = (patches - mean) / std
         return patches
 
@@ -76,7 +80,7 @@ class MAE(nnx.Module):
         masked = jnp.broadcast_to(self.mask_token[...].astype(x.dtype), (b, length - visible.shape[1], x.shape[-1]))
         x = jnp.concatenate([visible, masked], axis=1)
         x = jnp.take_along_axis(x, ids_restore[:, :, None], axis=1)  # back to grid order
-        pe = jnp.asarray(sincos_pos_embed(self.decoder_width, self.grid, num_prefix=p))
+        pe = jnp.asarray(sincos_pos_embed(self.decoder_width, self.grid, num_prefix=p, axes=self.encoder.sincos_axes))
         x = jnp.concatenate([prefix, x], axis=1) + pe.astype(x.dtype)
         x = constrain(x, ("batch", "length", "embed"))
         for block in self.decoder_blocks:
@@ -115,7 +119,7 @@ class MAE(nnx.Module):
         patches = patchify(images.astype(jnp.float32), self.patch)
         pred = pred.astype(jnp.float32)
         if self.norm_pix_loss:
-            mean, std = patch_norm_stats(patches)
+            mean, std = patch_norm_stats(patches, ddof=self.norm_pix_ddof)
             pred = pred * std + mean
         m = mask.astype(jnp.float32)[:, :, None]
         c = self.in_channels

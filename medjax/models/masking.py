@@ -40,11 +40,13 @@ def random_masking(key: jax.Array, batch: int, num_patches: int, mask_ratio: flo
     return Masking(ids_keep=ids_keep, ids_restore=ids_restore, mask=mask)
 
 
-def patch_norm_stats(patches: jax.Array, eps: float = 1e-6) -> tuple[jax.Array, jax.Array]:
-    """Per-patch mean and std sqrt(var + eps) over the last axis of (B, L, P); each (B, L, 1) float32."""
+def patch_norm_stats(patches: jax.Array, eps: float = 1e-6, ddof: int = 0) -> tuple[jax.Array, jax.Array]:
+    """Per-patch mean and std sqrt(var + eps) over the last axis of (B, L, P); each (B, L, 1) float32.
+
+    ``ddof=1`` gives the unbiased variance (the MAE reference implementation and Hugging Face ViTMAE)."""
     patches = patches.astype(jnp.float32)
     mean = patches.mean(axis=-1, keepdims=True)
-    var = patches.var(axis=-1, keepdims=True)
+    var = patches.var(axis=-1, keepdims=True, ddof=ddof)
     return mean, jnp.sqrt(var + eps)
 
 

@@ -29,8 +29,9 @@ def _sincos_1d(width: int, positions: np.ndarray) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=64)
-def _sincos_cached(width: int, grid: tuple[int, ...], num_prefix: int) -> np.ndarray:
+def _sincos_cached(width: int, grid: tuple[int, ...], num_prefix: int, axes: tuple[int, ...] = ()) -> np.ndarray:
     coords = np.meshgrid(*(np.arange(g) for g in grid), indexing="ij")  # row-major grid order, as patchify
+    coords = [coords[a] for a in axes] if axes else coords
     parts = [_sincos_1d(w, c.reshape(-1)) for w, c in zip(_axis_widths(width, len(grid)), coords)]
     pe = np.concatenate(parts, axis=1)
     if num_prefix:
@@ -40,14 +41,20 @@ def _sincos_cached(width: int, grid: tuple[int, ...], num_prefix: int) -> np.nda
     return pe
 
 
-def sincos_pos_embed(width: int, grid: Sequence[int], *, num_prefix: int = 0) -> np.ndarray:
+def sincos_pos_embed(width: int, grid: Sequence[int], *, num_prefix: int = 0,
+                     axes: Sequence[int] = ()) -> np.ndarray:
     """Fixed sin-cos embedding (1, num_prefix + prod(grid), width) float32 for a 2D or 3D patch grid.
 
     The width is split evenly across the grid axes (each half sin, half cos); prefix (CLS) rows are zero.
-    Row order matches :func:`medjax.models.patch_embed.patchify`. The returned array is read-only (cached).
+    Row order matches :func:`medjax.models.patch_embed.patchify`. ``axes`` orders the channel blocks by grid
+    axis (default: axis 0 first); the MAE reference and Hugging Face ViTMAE use ``(1, 0)`` in 2D, MONAI
+    ``(1, 0)`` in 2D and ``(1, 0, 2)`` in 3D. The returned array is read-only (cached).
     """
     grid = tuple(int(g) for g in grid)
-    return _sincos_cached(int(width), grid, int(num_prefix))
+    axes = tuple(int(a) for a in axes)
+    if axes and sorted(axes) != list(range(len(grid))):
+        raise ValueError(f"sin-cos position embedding: axes {axes} must be a permutation of 0..{len(grid) - 1}")
+    return _sincos_cached(int(width), grid, int(num_prefix), axes)
 
 
 def resize_pos_embed(pe: jax.Array, old_grid: Sequence[int], new_grid: Sequence[int]) -> jax.Array:

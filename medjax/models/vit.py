@@ -47,6 +47,8 @@ class ViT(nnx.Module):
         if cfg.pos_embed not in _POS_EMBED:
             raise ValueError(f"model.pos_embed={cfg.pos_embed!r} is not supported; use one of {_POS_EMBED}")
         self.pos_embed_kind = cfg.pos_embed
+        self.sincos_axes = tuple(getattr(cfg, "sincos_axes", ()))
+        norm_eps = float(getattr(cfg, "norm_eps", 1e-6))
         self.dtype = compute_dtype(cfg.dtype)
         impl = attention_implementation(cfg.attention)
         d = self.width
@@ -60,21 +62,22 @@ class ViT(nnx.Module):
             self.pos_embed = nnx.Param(param_init(normal, (None, "length", "embed"))(
                 rngs.params(), (1, n, d), jnp.float32))
         else:
-            sincos_pos_embed(d, self.grid)  # validate the width for this grid now, not at the first call
+            sincos_pos_embed(d, self.grid, axes=self.sincos_axes)  # validate width and axes now
             self.pos_embed = None
         rates = np.linspace(0.0, float(cfg.drop_path), self.size.depth) if self.size.depth else []
         self.blocks = nnx.List([
             Block(d, self.size.heads, self.size.mlp_dim, dropout=cfg.dropout, drop_path=float(r), dtype=self.dtype,
-                  implementation=impl, rngs=rngs)
+                  implementation=impl, norm_eps=norm_eps, rngs=rngs)
             for r in rates
         ])
-        self.norm = layer_norm(d, rngs=rngs)
+        self.norm = layer_norm(d, epsilon=norm_eps, rngs=rngs)
 
     def position_embedding(self) -> jax.Array:
         """(1, P + L, D) float32: prefix rows first (zero for sin-cos), then the grid in patch order."""
         if self.pos_embed is not None:
             return self.pos_embed[...]
-        return jnp.asarray(sincos_pos_embed(self.width, self.grid, num_prefix=self.num_prefix_tokens))
+        return jnp.asarray(sincos_pos_embed(self.width, self.grid, num_prefix=self.num_prefix_tokens,
+                                            axes=self.sincos_axes))
 
     def embed(self, x: jax.Array, visible_ids: jax.Array | None = None) -> jax.Array:
         """Patch-embed (B, *S, C), add positions, keep ``visible_ids`` (B, K) patches if given, prepend CLS.
