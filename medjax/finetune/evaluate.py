@@ -8,7 +8,8 @@
   question the model was trained on. A volume score is the maximum over tens of windows, so a window classifier
   needs few false positives before the volume AUROC rises above chance; the window AUROC shows what it learned;
 - detection: average precision and FROC sensitivities (IoU >= 0.1) of the predicted boxes against the boxes of
-  the record's label map, in world millimetres.
+  the record's label map, in world millimetres; with several classes per class (a prediction is matched only to
+  references of its class) and ``ap_iou0.1`` their mean over the classes that have references.
 """
 
 from __future__ import annotations
@@ -39,6 +40,11 @@ def window_classes(label: np.ndarray, positions, window, min_voxels: int, spatia
         crop = fg[(n, *(slice(s, s + w) for s, w in zip(starts, window)))]
         out.append(int(crop.sum() >= min_voxels))
     return np.asarray(out, np.int64)
+
+
+def _of_class(arrays: list, labels: list, k: int) -> list:
+    """Per case, the rows of ``arrays[i]`` whose ``labels[i]`` is ``k``."""
+    return [np.asarray(a)[np.asarray(c) == k] for a, c in zip(arrays, labels)]
 
 
 def evaluate_records(cfg, model_def, params, model_state, records: list[dict]) -> dict:
@@ -104,18 +110,39 @@ def evaluate_records(cfg, model_def, params, model_state, records: list[dict]) -
                         "window_auroc": auroc(ws[:, 1], wy) if 0 < wy.sum() < len(wy) else None})
         return acc.json_safe(out)
     from medjax.evaluation.detection import average_precision, froc
+    from medjax.finetune.tasks import label_objects
 
-    pb, ps, rb = [], [], []
+    k_classes = max(int(ft.num_classes), 1)
+    pb, ps, pc, rb, rc = [], [], [], [], []
     for r in records:
         s = preprocess_record(cfg, r)
-        boxes, scores, _ = pred.detect(s["image"])
+        boxes, scores, classes = pred.detect(s["image"])
         world = voxel_boxes_to_world(boxes, s["affine"])
-        ref = voxel_boxes_to_world(object_boxes(np.asarray(s["label"]), ft.min_object_voxels), s["affine"])
+        ref_boxes, ref_classes = label_objects(np.asarray(s["label"]), ft.min_object_voxels, k_classes)
+        ref = voxel_boxes_to_world(ref_boxes, s["affine"])
         pb.append(world)
         ps.append(scores)
+        pc.append(np.asarray(classes))
         rb.append(ref)
+        rc.append(ref_classes)
         cases.append({"id": r["id"], "predicted": len(world), "reference": len(ref),
                       "top_score": float(scores[0]) if len(scores) else None})
-    ap = average_precision(pb, ps, rb, iou_threshold=0.1)
-    fr = froc(pb, ps, rb, iou_threshold=0.1)
-    return acc.json_safe({"task": "detection", "ap_iou0.1": ap, "froc": fr, "cases": cases})
+    if k_classes == 1:
+        ap = average_precision(pb, ps, rb, iou_threshold=0.1)
+        fr = froc(pb, ps, rb, iou_threshold=0.1)
+        return acc.json_safe({"task": "detection", "ap_iou0.1": ap, "froc": fr, "cases": cases})
+    # several classes: a prediction counts only against references of its own class; the headline AP is the mean
+    # over the classes that have references (classes without any are reported as None and left out)
+    per_class = {}
+    for k in range(k_classes):
+        refs_k = _of_class(rb, rc, k)
+        if not sum(len(x) for x in refs_k):
+            per_class[str(k)] = {"ap_iou0.1": None, "froc": None, "reference": 0}
+            continue
+        pred_k, scores_k = _of_class(pb, pc, k), _of_class(ps, pc, k)
+        per_class[str(k)] = {"ap_iou0.1": average_precision(pred_k, scores_k, refs_k, iou_threshold=0.1),
+                             "froc": froc(pred_k, scores_k, refs_k, iou_threshold=0.1),
+                             "reference": int(sum(len(x) for x in refs_k))}
+    aps = [v["ap_iou0.1"] for v in per_class.values() if v["ap_iou0.1"] is not None]
+    return acc.json_safe({"task": "detection", "ap_iou0.1": float(np.mean(aps)) if aps else None,
+                          "per_class": per_class, "cases": cases})

@@ -194,7 +194,7 @@ class Predictor:
 
     def detect(self, volume: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Boxes (N, 6) in continuous voxel coordinates of the preprocessed volume, scores (N,), classes (N,)
-        after the score threshold and 3D NMS, by decreasing score."""
+        after the score threshold and 3D NMS (within each class), by decreasing score."""
         from medjax.evaluation.detection import nms3d
 
         ft = self.cfg.finetune
@@ -210,7 +210,9 @@ class Predictor:
         boxes = np.concatenate([np.clip(boxes[:, :3], -0.5, hi), np.clip(boxes[:, 3:], -0.5, hi)], axis=1)
         ok = np.all(boxes[:, 3:] > boxes[:, :3], axis=1)
         boxes, scores, classes = boxes[ok], scores[ok], classes[ok]
-        order = nms3d(boxes, scores, ft.det_nms_iou) if len(boxes) else np.zeros(0, np.int64)
+        # NMS within each class: boxes of different classes are moved apart so they never overlap
+        apart = boxes + (classes.astype(np.float64) * (2.0 + float(np.max(volume.shape[:3]))))[:, None]
+        order = nms3d(apart, scores, ft.det_nms_iou) if len(boxes) else np.zeros(0, np.int64)
         return boxes[order], scores[order], classes[order]
 
 

@@ -10,7 +10,10 @@ Tasks (``Config.task``):
   the foreground labels, pooled over the batch).
 - ``"detection"``: :class:`~medjax.models.heads.ViTDetector`; CenterNet penalty-reduced focal loss on the centre
   heat map plus L1 on log-size and centre offset at object centres. Boxes come from the connected components of
-  the crop's label map (host side, :func:`detection_targets`), so they follow crops and augmentation exactly.
+  the crop's label map (host side, :func:`label_objects`, :func:`detection_targets`), so they follow crops and
+  augmentation exactly. With one class every labelled voxel belongs to an object (values may be instance ids);
+  with ``num_classes`` K > 1 the label map holds class ids (value ``c`` in 1..K is class ``c - 1``) and each class
+  gets its own heat-map channel and targets.
 
 A loss function has the signature of :mod:`medjax.training.steps`: ``loss_fn(model, batch, key) -> (loss, aux)``.
 """
@@ -54,9 +57,9 @@ def check_task(cfg) -> None:
 
 
 def crop_size(cfg) -> tuple[int, ...]:
-    from medjax.training.state import broadcast_size
+    from medjax.config.dims import broadcast_size
 
-    return broadcast_size(cfg.data.crop_size, cfg.data.spatial_dims)
+    return broadcast_size(cfg.data.crop_size, cfg.data.spatial_dims, "data.crop_size")
 
 
 def build_task_model(cfg, seed: int | None = None) -> nnx.Module:
@@ -162,40 +165,80 @@ def loss_for(cfg):
 
 
 # ------------------------------------------------------------------------------------------------ targets
-def object_boxes(label: np.ndarray, min_voxels: int = 1) -> np.ndarray:
-    """Boxes ``(N, 2n)`` float64 ``[lo..., hi...]`` (continuous voxel coordinates, voxel i covers [i-0.5, i+0.5])
-    of the connected components (face connectivity) of ``label > 0`` with at least ``min_voxels`` voxels."""
+def _components(mask: np.ndarray, min_voxels: int) -> list[list[float]]:
+    """Boxes ``[lo..., hi...]`` of the face-connected components of ``mask`` with at least ``min_voxels`` voxels."""
     from scipy import ndimage
 
-    comp, count = ndimage.label(np.asarray(label) > 0)
-    n = label.ndim
+    comp, count = ndimage.label(mask)
     if count == 0:
-        return np.zeros((0, 2 * n))
-    sizes = ndimage.sum_labels(np.ones(label.shape), comp, index=np.arange(1, count + 1))
+        return []
+    sizes = ndimage.sum_labels(np.ones(mask.shape), comp, index=np.arange(1, count + 1))
     boxes = []
     for i, sl in enumerate(ndimage.find_objects(comp)):
         if sl is None or sizes[i] < min_voxels:
             continue
-        lo = [s.start - 0.5 for s in sl]
-        hi = [s.stop - 0.5 for s in sl]
-        boxes.append(lo + hi)
-    return np.asarray(boxes, dtype=np.float64).reshape(-1, 2 * n)
+        boxes.append([s.start - 0.5 for s in sl] + [s.stop - 0.5 for s in sl])
+    return boxes
 
 
-def detection_targets(boxes: np.ndarray, grid, patch, num_classes: int = 1) -> dict[str, np.ndarray]:
-    """CenterNet targets on the patch grid for boxes ``(N, 2n)`` (continuous voxel coordinates, class 0).
+def object_boxes(label: np.ndarray, min_voxels: int = 1) -> np.ndarray:
+    """Boxes ``(N, 2n)`` float64 ``[lo..., hi...]`` (continuous voxel coordinates, voxel i covers [i-0.5, i+0.5])
+    of the connected components (face connectivity) of ``label > 0`` with at least ``min_voxels`` voxels, whatever
+    their label values (one object class)."""
+    n = np.ndim(label)
+    return np.asarray(_components(np.asarray(label) > 0, min_voxels), dtype=np.float64).reshape(-1, 2 * n)
 
-    Returns ``heatmap`` (*grid, K) float32 (Gaussian peaks, sigma from the box size in cells, max over objects),
-    ``log_size`` (*grid, n), ``offset`` (*grid, n) in [0, 1), ``center_mask`` (*grid) float32 (1 at centres).
+
+def label_objects(label: np.ndarray, min_voxels: int = 1, num_classes: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Objects of a label map for detection: ``(boxes (N, 2n) float64, classes (N,) int64)``.
+
+    ``num_classes == 1``: the connected components of ``label > 0`` (as :func:`object_boxes`), all class 0.
+    ``num_classes`` K > 1: the label map holds class ids; the components of ``label == c`` are objects of class
+    ``c - 1`` for c in 1..K (touching objects of different classes stay apart).
+
+    Raises:
+      ConfigError: with K > 1, a label value outside 0..K (naming the values and ``finetune.num_classes``).
+    """
+    label = np.asarray(label)
+    n = label.ndim
+    if num_classes <= 1:
+        boxes = object_boxes(label, min_voxels)
+        return boxes, np.zeros(len(boxes), np.int64)
+    values = np.unique(label)
+    bad = values[(values < 0) | (values > num_classes)]
+    if len(bad):
+        raise ConfigError(f"detection label map holds values {bad.tolist()[:5]} but finetune.num_classes={num_classes}:"
+                          f" with several classes the label map must hold class ids 1..{num_classes} (0 background);"
+                          " relabel it, or set finetune.num_classes=1 to detect every labelled object as one class")
+    boxes, classes = [], []
+    for c in values[values > 0]:
+        found = _components(label == c, min_voxels)
+        boxes += found
+        classes += [int(c) - 1] * len(found)
+    return np.asarray(boxes, np.float64).reshape(-1, 2 * n), np.asarray(classes, np.int64)
+
+
+def detection_targets(boxes: np.ndarray, grid, patch, num_classes: int = 1, classes=None) -> dict[str, np.ndarray]:
+    """CenterNet targets on the patch grid for boxes ``(N, 2n)`` (continuous voxel coordinates) of ``classes``
+    ``(N,)`` (ints in ``[0, num_classes)``; default all 0).
+
+    Returns ``heatmap`` (*grid, K) float32 (per class channel: Gaussian peaks, sigma from the box size in cells,
+    max over that class's objects), ``log_size`` (*grid, n), ``offset`` (*grid, n) in [0, 1), ``center_mask``
+    (*grid) float32 (1 at centres of any class).
     """
     grid, patch = tuple(int(g) for g in grid), np.asarray(patch, np.float64)
     n = len(grid)
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 2 * n)
+    classes = np.zeros(len(boxes), np.int64) if classes is None else np.asarray(classes, np.int64).reshape(-1)
+    if len(classes) != len(boxes) or np.any((classes < 0) | (classes >= num_classes)):
+        raise ValueError(f"detection_targets: classes {classes.tolist()[:5]} must give one class in "
+                         f"[0, {num_classes}) per box ({len(boxes)} boxes)")
     heat = np.zeros((*grid, num_classes), np.float32)
     log_size = np.zeros((*grid, n), np.float32)
     offset = np.zeros((*grid, n), np.float32)
     mask = np.zeros(grid, np.float32)
     coords = np.stack(np.meshgrid(*(np.arange(g) for g in grid), indexing="ij"), -1).astype(np.float64)
-    for box in np.asarray(boxes, np.float64).reshape(-1, 2 * n):
+    for box, k in zip(boxes, classes):
         lo, hi = box[:n], box[n:]
         centre = (lo + hi) / 2
         pos = (centre + 0.5) / patch  # in cells
@@ -203,9 +246,9 @@ def detection_targets(boxes: np.ndarray, grid, patch, num_classes: int = 1) -> d
         size_cells = (hi - lo) / patch
         sigma = np.maximum(size_cells / 6.0, 0.5)
         g = np.exp(-0.5 * (((coords - cell) / sigma) ** 2).sum(-1)).astype(np.float32)
-        heat[..., 0] = np.maximum(heat[..., 0], g)
+        heat[..., k] = np.maximum(heat[..., k], g)
         idx = tuple(cell)
-        heat[idx + (0,)] = 1.0
+        heat[idx + (k,)] = 1.0
         log_size[idx] = np.log(np.maximum(hi - lo, 1.0))
         offset[idx] = np.clip(pos - cell, 0.0, 1.0 - 1e-6)
         mask[idx] = 1.0
@@ -242,8 +285,10 @@ def prepare_batch(cfg, batch: dict) -> dict:
 
         patch = decode_variant(cfg.model.variant, cfg.data.spatial_dims).patch
         grid = tuple(c // p for c, p in zip(crop_size(cfg), patch))
-        targets = [detection_targets(object_boxes(lab, ft.min_object_voxels), grid, patch, ft.num_classes)
-                   for lab in batch["label"]]
+        targets = []
+        for lab in batch["label"]:
+            boxes, classes = label_objects(lab, ft.min_object_voxels, ft.num_classes)
+            targets.append(detection_targets(boxes, grid, patch, ft.num_classes, classes))
         for k in targets[0]:
             out[k] = np.stack([t[k] for t in targets])
     return out

@@ -5,7 +5,16 @@ import numpy as np
 import pytest
 
 from medjax.finetune.loop import make_finetune_optimizer
-from medjax.finetune.tasks import build_task_model, detection_targets, loss_for, object_boxes, prepare_batch
+from medjax.errors import ConfigError
+from medjax.finetune.tasks import (
+    build_task_model,
+    detection_targets,
+    focal_heatmap_loss,
+    label_objects,
+    loss_for,
+    object_boxes,
+    prepare_batch,
+)
 from medjax.training.optim import make_schedule
 from medjax.training.state import init_train_state, split_model
 from medjax.training.steps import train_step_fn
@@ -31,6 +40,36 @@ def test_object_boxes_and_targets():
     assert t["heatmap"][0, 0, 1, 0] == 1.0 and t["heatmap"].max() == 1.0
     np.testing.assert_allclose(t["offset"][0, 0, 1], [0.625, 0.875, 0.25])
     np.testing.assert_allclose(np.exp(t["log_size"][0, 0, 1]), [3, 3, 4])
+
+
+def test_two_detection_classes_each_get_their_own_targets(tiny_cfg):
+    """Label values are class ids with num_classes > 1: every heat-map channel gets its peaks, and the loss pulls
+    each channel's logit up at its own objects' centres and down at the other class's."""
+    import jax.numpy as jnp
+
+    lab = np.zeros((8, 8, 8), np.int32)
+    lab[1:4, 2:5, 3:7] = 1  # class 0, centre cell (0, 0, 1)
+    lab[5:8, 5:8, 0:3] = 2  # class 1, centre cell (1, 1, 0)
+    lab[4, 2:5, 3:7] = 2  # touches the class-0 object: a separate class-1 object, not merged with it
+    boxes, classes = label_objects(lab, num_classes=2)
+    assert sorted(classes.tolist()) == [0, 1, 1]
+    np.testing.assert_array_equal(boxes[classes == 0], [[0.5, 1.5, 2.5, 3.5, 4.5, 6.5]])
+    assert len(object_boxes(lab)) == 2  # one class: touching objects are one component
+    t = detection_targets(boxes, (2, 2, 2), (4, 4, 4), num_classes=2, classes=classes)
+    assert t["heatmap"][0, 0, 1, 0] == 1.0 and t["heatmap"][1, 1, 0, 1] == 1.0
+    assert (t["heatmap"][..., 0] == 1).sum() == 1 and (t["heatmap"][..., 1] == 1).sum() >= 1
+    grad = jax.grad(lambda z: focal_heatmap_loss(z, jnp.asarray(t["heatmap"])))(jnp.zeros((2, 2, 2, 2)))
+    assert grad[0, 0, 1, 0] < 0 and grad[1, 1, 0, 1] < 0  # each channel pulled up at its own centre
+    assert grad[1, 1, 0, 0] > 0  # and down where only the other class sits
+
+    cfg = tiny_cfg("detection", num_classes=2)
+    batch = prepare_batch(cfg, {"image": np.zeros((1, 8, 8, 8, 1), np.float32), "label": lab[None]})
+    peaks = (batch["heatmap"] == 1).reshape(-1, 2).sum(0)
+    assert peaks[0] >= 1 and peaks[1] >= 1
+    with pytest.raises(ConfigError, match=r"values \[3\] but finetune.num_classes=2"):
+        label_objects(np.where(lab == 2, 3, lab), num_classes=2)
+    with pytest.raises(ValueError, match="classes"):
+        detection_targets(boxes, (2, 2, 2), (4, 4, 4), num_classes=1, classes=classes)
 
 
 def test_class_from_label(tiny_cfg):
