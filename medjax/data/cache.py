@@ -43,6 +43,7 @@ from typing import Any
 
 import numpy as np
 
+from medjax.config.dims import broadcast
 from medjax.config.schema import DataConfig
 from medjax.errors import DataError, StaleCacheError
 
@@ -55,10 +56,8 @@ _HEAD_BYTES = 4096  # bytes of each source file hashed into its fingerprint
 
 def cache_settings(cfg: DataConfig) -> dict:
     """The settings that change what :func:`preprocess` writes (all of them enter the fingerprint)."""
-    from medjax.data.transforms.spatial import broadcast_tuple
-
     sd = cfg.spatial_dims
-    spacing = broadcast_tuple(cfg.spacing, 3, "data.spacing") if cfg.spacing else ()
+    spacing = broadcast(cfg.spacing, 3, "data.spacing") if cfg.spacing else ()
     return {
         "format": CACHE_FORMAT_VERSION,
         "orientation": cfg.orientation,
@@ -66,7 +65,7 @@ def cache_settings(cfg: DataConfig) -> dict:
         "intensity": cfg.intensity,
         "ct_window": [float(v) for v in cfg.ct_window] if cfg.intensity == "ct" else None,  # HU
         "crop_foreground": bool(cfg.crop_foreground),
-        "pad": [int(c) for c in broadcast_tuple(cfg.crop_size, sd, "data.crop_size")],  # voxels
+        "pad": [int(c) for c in broadcast(cfg.crop_size, sd, "data.crop_size")],  # voxels
         "spatial_dims": sd,
         "slice_axis": cfg.slice_axis if sd == 2 else None,
     }

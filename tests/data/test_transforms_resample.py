@@ -114,7 +114,7 @@ def test_integer_image_linear_gives_float32_and_bad_spacing_raises():
     assert out.dtype == np.float32 and out.shape == (4, 6, 8)
     with pytest.raises(ValueError, match="positive"):
         resample(arr, np.eye(4), (0.0, 1.0, 1.0), has_channels=False)
-    with pytest.raises(ValueError, match="1 or 3 entries"):
+    with pytest.raises(ValueError, match="give 1 value or 3"):
         resample(arr, np.eye(4), (1.0, 1.0), has_channels=False)
 
 

@@ -6,13 +6,13 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from medjax.data.transforms.spatial import broadcast_tuple
+from medjax.config.dims import broadcast
 
 _REJECTION_TRIES = 64
 
 
 def _check_crop(spatial_shape: Sequence[int], crop) -> tuple[int, ...]:
-    crop = tuple(int(c) for c in broadcast_tuple(crop, len(spatial_shape), "crop"))
+    crop = tuple(int(c) for c in broadcast(crop, len(spatial_shape), "crop"))
     for ax, (size, c) in enumerate(zip(spatial_shape, crop)):
         if c < 1 or c > size:
             raise ValueError(

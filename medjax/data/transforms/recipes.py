@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from medjax.config.dims import broadcast
 from medjax.data.transforms import augment, dictionary as d
 from medjax.data.transforms.crops import balanced_crop_slices, foreground_voxels, random_crop_slices
 from medjax.data.transforms.intensity import ct_window, zscore_foreground
 from medjax.data.transforms.resample import resample, resample_geometry
 from medjax.data.transforms.spatial import (
-    broadcast_tuple,
     check_affine,
     flip,
     pad_amounts,
@@ -56,8 +56,8 @@ def _in_plane_axes(cfg) -> tuple[int, int]:
 def crop_window(cfg) -> tuple[int, int, int]:
     """The 3D voxel window a crop is read from: ``crop_size`` for 3D; for 2D, 1 along ``slice_axis``."""
     if cfg.spatial_dims == 3:
-        return tuple(int(c) for c in broadcast_tuple(cfg.crop_size, 3, "data.crop_size"))
-    c2 = broadcast_tuple(cfg.crop_size, 2, "data.crop_size")
+        return tuple(int(c) for c in broadcast(cfg.crop_size, 3, "data.crop_size"))
+    c2 = broadcast(cfg.crop_size, 2, "data.crop_size")
     window = [1, 1, 1]
     for ax, c in zip(_in_plane_axes(cfg), c2):
         window[ax] = int(c)

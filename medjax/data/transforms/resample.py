@@ -21,7 +21,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from medjax.data.transforms.spatial import broadcast_tuple, check_affine, spatial_ndim
+from medjax.config.dims import broadcast
+from medjax.data.transforms.spatial import check_affine, spatial_ndim
 
 
 def resample_geometry(affine, spatial_shape: Sequence[int], spacing: Sequence[float]):
@@ -37,7 +38,7 @@ def resample_geometry(affine, spatial_shape: Sequence[int], spacing: Sequence[fl
     """
     affine = check_affine(affine)
     n = len(spatial_shape)
-    target = np.asarray(broadcast_tuple(spacing, n, "spacing"), dtype=np.float64)
+    target = np.asarray(broadcast(spacing, n, "spacing"), dtype=np.float64)
     if not np.all(target > 0):
         raise ValueError(f"target spacing must be positive mm; got {tuple(target)}")
     old = np.sqrt((affine[:3, :n] ** 2).sum(axis=0))

@@ -15,6 +15,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from medjax.config.dims import broadcast
+
 _AXIS_LETTERS = {"R": (0, 1), "L": (0, -1), "A": (1, 1), "P": (1, -1), "S": (2, 1), "I": (2, -1)}
 
 
@@ -37,18 +39,6 @@ def check_affine(affine) -> np.ndarray:
     if a.shape != (4, 4):
         raise ValueError(f"affine must be (4, 4) voxel->world (RAS+, mm); got shape {a.shape}")
     return a
-
-
-def broadcast_tuple(values, n: int, name: str = "value") -> tuple:
-    """Broadcast a scalar or a 1-tuple to ``n`` entries; an ``n``-tuple passes through."""
-    if np.isscalar(values):
-        return (values,) * n
-    values = tuple(values)
-    if len(values) == 1:
-        return values * n
-    if len(values) != n:
-        raise ValueError(f"{name} needs 1 or {n} entries (one per spatial dim); got {values}")
-    return values
 
 
 def translation(offset: Sequence[float]) -> np.ndarray:
@@ -240,7 +230,7 @@ def foreground_bbox(array: np.ndarray, threshold: float = 0.0, margin=0, *, has_
     mask = np.asarray(array) > threshold
     if has_channels:
         mask = mask.any(axis=-1)
-    margin = broadcast_tuple(margin, n, "margin")
+    margin = broadcast(margin, n, "margin")
     out = []
     for ax in range(n):
         hit = np.flatnonzero(mask.any(axis=tuple(a for a in range(n) if a != ax)))
@@ -279,7 +269,7 @@ def pad_to(array: np.ndarray, affine, shape, *, mode: str = "constant", value=0,
     Returns ``(array, affine)``; the affine is shifted by the left pad so world positions are kept.
     """
     n = spatial_ndim(array, has_channels)
-    shape = broadcast_tuple(shape, n, "shape")
+    shape = broadcast(shape, n, "shape")
     pads = pad_amounts(array.shape[:n], shape)
     new_affine = check_affine(affine) @ translation([-p[0] for p in pads])
     if not any(l or r for l, r in pads):
