@@ -57,7 +57,7 @@ def _prepared(cfg, data: Path, cache: Path) -> Path:
 def _run(args) -> int:
     from medjax.cli.cmd_pretrain import print_summary
     from medjax.config import load_config
-    from medjax.training.loop import pretrain
+    from medjax.training.pretraining import pretrain
 
     data = Path(args.data)
     if not _have_data(data):

@@ -41,7 +41,7 @@ def run(args) -> int:
     setup(args.coordinator, args.num_processes, args.process_id)  # before any JAX computation
 
     from medjax.config import load_config
-    from medjax.training.loop import pretrain
+    from medjax.training.pretraining import pretrain
 
     cfg = load_config(args.config, args.overrides)
     workdir = args.workdir or f"runs/{cfg.name}"

@@ -100,6 +100,21 @@ def make_finetune_optimizer(cfg, abstract_params, schedule):
 
 
 # ------------------------------------------------------------------------------------------- main loop
+def require_single_process() -> None:
+    """Fine-tuning runs in one process (on all of its devices); raise ConfigError under several processes.
+
+    Multi-process fine-tuning would need every process to read its own data shards and only process 0 to write
+    the records, caches, evaluation and summary; until then it is refused before anything is written.
+    """
+    import jax
+
+    if jax.process_count() > 1:
+        raise ConfigError(
+            f"fine-tuning runs in a single process, but this is process {jax.process_index()} of "
+            f"{jax.process_count()}; start `medjax finetune` once, without --coordinator/--num-processes or "
+            "MEDJAX_* variables (it uses every local device), or pretrain across processes with `medjax pretrain`")
+
+
 def finetune(cfg, workdir, *, init_from: str | None = None, restart: bool = False, progress: bool = True,
              evaluate: bool = True) -> dict:
     """Fine-tune ``cfg.task`` in ``workdir`` (resuming from its latest checkpoint unless ``restart``).
@@ -120,29 +135,22 @@ def finetune(cfg, workdir, *, init_from: str | None = None, restart: bool = Fals
 
     import jax
 
-    from medjax.config.overrides import to_dict, to_json
+    from medjax.config.overrides import to_dict
     from medjax.data.pipeline import make_iterator, to_global_batch
     from medjax.finetune.tasks import build_task_model, check_task, loss_for, prepare_batch
-    from medjax.training import sharding as _sh
-    from medjax.training.checkpoint import Checkpointer
-    from medjax.training.logging import RunLogger
-    from medjax.training.loop import batch_sizes, clean_workdir
-    from medjax.training.optim import make_schedule
+    from medjax.parallel.rules import use_mesh
     from medjax.training.driver import run_steps
-    from medjax.training.state import split_model, state_from_dict, state_to_dict, train_state_spec
+    from medjax.training.optim import make_schedule
+    from medjax.training.setup import open_run, prepare_workdir
+    from medjax.training.state import split_model, state_to_dict
     from medjax.training.steps import make_train_step
 
     t_start = time.time()
+    require_single_process()
     if init_from is not None:
         cfg = dataclasses.replace(cfg, finetune=dataclasses.replace(cfg.finetune, init_from=init_from))
     check_task(cfg)
-    workdir = Path(workdir).expanduser().absolute()
-    if restart:
-        clean_workdir(workdir)
-        for name in ("eval.json", "summary.json", "init.json"):
-            (workdir / name).unlink(missing_ok=True)
-    workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "config.json").write_text(to_json(cfg) + "\n")
+    workdir = prepare_workdir(cfg, workdir, restart=restart, extra_files=("eval.json", "init.json"))
     train_recs, val_recs = split_records(cfg)
     manifest = _write_manifest(workdir / "records_train.json", train_recs)
     _write_manifest(workdir / "records_val.json", val_recs)
@@ -151,66 +159,54 @@ def finetune(cfg, workdir, *, init_from: str | None = None, restart: bool = Fals
         data_cfg = dataclasses.replace(data_cfg, cache_dir=training_cache(data_cfg, workdir, train_recs))
     run_cfg = dataclasses.replace(cfg, data=data_cfg)
 
-    mesh = _sh.default_mesh(cfg)
-    per_process = batch_sizes(cfg, mesh, jax.process_count())
     schedule = make_schedule(cfg.train)
     factory = lambda: build_task_model(cfg)  # noqa: E731
     abstract_params = jax.eval_shape(lambda: split_model(factory())[1])
     tx = make_finetune_optimizer(cfg, abstract_params, schedule)
-    spec = train_state_spec(cfg, mesh, tx=tx, model_factory=factory)
-    ckpt = Checkpointer(workdir, keep=cfg.checkpoint.keep, every_steps=cfg.checkpoint.every_steps)
-    data = make_iterator(data_cfg, batch_size=per_process, seed=cfg.train.seed,
-                         process_index=jax.process_index(), process_count=jax.process_count())
-    resumed_from = ckpt.latest_step()
     init_report = None
-    if resumed_from is not None:
-        restored, data_state, _ = ckpt.restore(resumed_from,
-                                               abstract_state=state_to_dict(spec.abstract_with_shardings()))
-        state = state_from_dict(restored)
-        if data_state is not None:
-            data.set_state(data_state)
-        if (workdir / "init.json").is_file():
+
+    def on_init(state, spec):
+        nonlocal init_report
+        if not cfg.finetune.init_from:
+            return state
+        state, init_report = _init_encoder(cfg, state, spec)
+        (workdir / "init.json").write_text(json.dumps(init_report, indent=1) + "\n")
+        return state
+
+    def make_data(saved):
+        return make_iterator(data_cfg, batch_size=cfg.train.batch_size, seed=cfg.train.seed)
+
+    with open_run(cfg, workdir, tx=tx, model_factory=factory, make_data=make_data, on_init=on_init,
+                  progress=progress, desc="finetune") as run:
+        spec, ckpt, data, logger, bsh, mesh = run.spec, run.ckpt, run.data, run.logger, run.batch_sharding, run.mesh
+        resumed_from = run.resumed_from
+        if resumed_from is not None and (workdir / "init.json").is_file():
             init_report = json.loads((workdir / "init.json").read_text())
-    else:
-        state = spec.init()
-        if cfg.finetune.init_from:
-            state, init_report = _init_encoder(cfg, state, spec)
-            (workdir / "init.json").write_text(json.dumps(init_report, indent=1) + "\n")
-    start = int(jax.device_get(state.step))
-    meta = {"config": to_dict(cfg), "task": cfg.task, "init": init_report}
+        meta = {"config": to_dict(cfg), "task": cfg.task, "init": init_report}
+        with use_mesh(mesh, spec.rules):
+            step_fn = make_train_step(spec.model_def, tx, schedule, state_shardings=spec.shardings,
+                                      batch_sharding=bsh, loss_fn=loss_for(cfg), grad_accum=cfg.train.grad_accum,
+                                      max_nonfinite=cfg.train.max_nonfinite)
 
-    with _sh.activate(mesh, spec.rules):
-        step_fn = make_train_step(spec.model_def, tx, schedule, state_shardings=spec.shardings,
-                                  batch_sharding=_sh.batch_sharding(mesh), loss_fn=loss_for(cfg),
-                                  grad_accum=cfg.train.grad_accum)
-    bsh = _sh.batch_sharding(mesh)
-    logger = RunLogger(workdir, total_steps=cfg.train.steps, start_step=start, progress=progress,
-                       enabled=jax.process_index() == 0, desc="finetune")
-    if resumed_from is not None:
-        logger.write(f"resumed from {ckpt.directory / str(resumed_from)} (step {resumed_from})")
+        def save(s: int, st, host: dict, force: bool) -> None:
+            ckpt.save(s, state_to_dict(st), data_state=data.get_state(),
+                      meta={**meta, "step": int(s), "loss": host.get("loss")}, force=force)
 
-    def save(s: int, st, host: dict, force: bool) -> None:
-        ckpt.save(s, state_to_dict(st), data_state=data.get_state(),
-                  meta={**meta, "step": int(s), "loss": host.get("loss")}, force=force)
+        def next_batch() -> dict:
+            return to_global_batch(prepare_batch(run_cfg, next(data)), bsh)
 
-    def next_batch() -> dict:
-        return to_global_batch(prepare_batch(run_cfg, next(data)), bsh)
+        def probe_statistics(st):  # linear probing: BatchNorm statistics of the frozen encoder's features
+            return _precise_feature_norm(run_cfg, spec, st, run.per_process) if cfg.finetune.mode == "linear" else st
 
-    def probe_statistics(st):  # linear probing: BatchNorm statistics of the frozen encoder's features
-        return _precise_feature_norm(run_cfg, spec, st, per_process) if cfg.finetune.mode == "linear" else st
-
-    try:
-        result = run_steps(cfg, state, step_fn, start=start, next_batch=next_batch, save=save, ckpt=ckpt,
+        result = run_steps(cfg, run.state, step_fn, start=run.start, next_batch=next_batch, save=save, ckpt=ckpt,
                            logger=logger, mesh=mesh, rules=spec.rules, before_final_save=probe_statistics)
-    finally:
         ckpt.wait()
-        data.close()
+        if result.stopped is not None:
+            logger.write(f"received {result.stopped.name}: saved checkpoint {ckpt.directory / str(result.step)}; "
+                         "run the same command to resume")
+        checkpoint_dir = ckpt.directory
     state, step, host, stopped = result.state, result.step, result.host, result.stopped
     first_loss = result.first_loss
-    if stopped is not None:
-        logger.write(f"received {stopped.name}: saved checkpoint {ckpt.directory / str(step)}; run the same "
-                     "command to resume")
-    logger.close()
     eval_metrics = None
     if evaluate and val_recs and stopped is None:
         from medjax.finetune.evaluate import evaluate_records
@@ -221,7 +217,7 @@ def finetune(cfg, workdir, *, init_from: str | None = None, restart: bool = Fals
     summary = {
         "workdir": str(workdir),
         "task": cfg.task,
-        "checkpoint": str(ckpt.directory / str(step)),
+        "checkpoint": str(checkpoint_dir / str(step)),
         "step": step,
         "resumed_from": resumed_from,
         "first_loss": first_loss,

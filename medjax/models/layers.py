@@ -16,28 +16,21 @@ Models name axes, never mesh axes. Parameters carry their names as ``out_shardin
 "patch"    the flattened patch pixels (prod(patch) * C)
 =========  =====================================================
 
-How a mesh is applied (flax 0.12, NNX)
---------------------------------------
-Rules map logical names to mesh axes, e.g. ``MeshConfig.rules``. Activate them, together with a mesh, around
-model construction and the forward pass::
+How a mesh is applied
+---------------------
+One translator, :func:`medjax.parallel.rules.logical_to_spec`, maps names to mesh axes for parameters and
+activations alike (re-exported here with :func:`constrain`). Activate a mesh and rules around construction and
+the forward pass::
 
-    mesh = jax.make_mesh((4, 2), ("data", "fsdp"))
-    with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
-        abstract = nnx.eval_shape(lambda: MAE(cfg, spatial_dims=3, input_size=(96,) * 3, rngs=nnx.Rngs(0)))
-        graphdef, abs_state = nnx.split(abstract)
-        pspecs = nnx.get_partition_spec(abs_state)        # logical names -> mesh PartitionSpecs (rules applied)
-        shardings = jax.tree.map(lambda p: NamedSharding(mesh, p), pspecs)
-        ...  # jit(init, out_shardings=shardings); the forward pass inside the same context
+    with medjax.parallel.use_mesh(mesh, rules):      # = jax.set_mesh(mesh) + nnx.logical_axis_rules(rules)
+        model = MAE(cfg, spatial_dims=3, input_size=(96,) * 3, rngs=nnx.Rngs(0))   # parameters created sharded
+        y = jax.jit(forward)(model, x)                  # constrain(x, names) adds sharding constraints
 
-* Parameter metadata: every annotated ``nnx.Param`` has ``var.get_metadata()["out_sharding"]`` (a tuple of logical
-  names, one per array dim). ``nnx.get_partition_spec(state)`` translates it with the active rules.
-* Eager sharding: flax shards a Variable at creation when ``eager_sharding`` is on (the default). That needs a
-  mesh and rules; :func:`param_init` therefore switches it on only when both a mesh (``jax.set_mesh``) and
-  logical rules (``nnx.logical_axis_rules``) are active at construction, and leaves it off otherwise, so models
-  build on a single device without any setup.
-* Activations: :func:`constrain` applies ``jax.lax.with_sharding_constraint`` (or ``jax.sharding.reshard`` on an
-  explicit mesh) with the rules-translated spec when a mesh and rules are active, and is a no-op otherwise.
-  Rules may also be passed explicitly (``constrain(x, names, rules=...)``).
+* Parameter metadata: every annotated ``nnx.Param`` has ``var.get_metadata()["out_sharding"]`` (logical names,
+  one per array dim); :func:`medjax.parallel.state_shardings` turns a state's metadata into ``NamedSharding``s
+  (what ``jit(init, out_shardings=...)`` and checkpoint restores use).
+* Outside a mesh and rules, :func:`param_init` and :func:`constrain` change nothing: models build and run on a
+  single device without any setup.
 """
 
 from __future__ import annotations
@@ -48,8 +41,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from flax import nnx
-from flax.core import spmd as _core_spmd
-from jax.sharding import PartitionSpec
+
+from medjax.parallel.rules import constrain, logical_to_spec  # noqa: F401  (the one translator, re-exported)
 
 LogicalNames = tuple[str | None, ...]
 Rules = Sequence[tuple[str, Any]]
@@ -65,69 +58,19 @@ def compute_dtype(name: str) -> jnp.dtype:
         raise ValueError(f"model.dtype={name!r} is not supported; use one of {sorted(_DTYPES)}") from None
 
 
-def active_rules() -> tuple[tuple[str, Any], ...]:
-    """The logical-axis rules set by ``nnx.logical_axis_rules(...)`` (empty tuple when none)."""
-    return tuple(_core_spmd.get_logical_axis_rules() or ())
-
-
-def _active_mesh():
-    mesh = jax.sharding.get_abstract_mesh()
-    return None if mesh is None or mesh.empty else mesh
-
-
-def _mesh_axes(entry: Any) -> Any:
-    """Normalise a rule's right-hand side: () or None -> None (replicated); 1-tuples -> the name."""
-    if entry is None or entry == ():
-        return None
-    if isinstance(entry, (tuple, list)):
-        return entry[0] if len(entry) == 1 else tuple(entry)
-    return entry
-
-
-def logical_to_spec(names: LogicalNames, rules: Rules) -> PartitionSpec:
-    """Translate logical axis names to a mesh ``PartitionSpec`` with ``rules`` ((logical, mesh_axes) pairs).
-
-    Names without a rule, and ``None``, are replicated. A mesh axis already used by an earlier dim is dropped
-    from later dims, so with FSDP rules (batch -> (data, fsdp), embed -> fsdp) activations (batch, length, embed)
-    shard over the batch only, while parameters (embed, ...) shard over fsdp.
-    """
-    table = {str(k): v for k, v in rules}
-    used: set[str] = set()
-    entries = []
-    for name in names:
-        axes = table.get(name) if name is not None else None
-        axes = () if axes is None else ((axes,) if isinstance(axes, str) else tuple(axes))
-        axes = tuple(a for a in axes if a not in used)  # a mesh axis shards at most one dim: first dim wins
-        used.update(axes)
-        entries.append(_mesh_axes(axes))
-    return PartitionSpec(*entries)
-
-
-def constrain(x: jax.Array, names: LogicalNames, *, rules: Rules | None = None) -> jax.Array:
-    """Constrain activation ``x`` to the sharding its logical axis ``names`` map to (one name per dim).
-
-    A no-op when no mesh is set (``jax.set_mesh``) or no rules are active/passed, so single-device code and
-    tests run unchanged.
-    """
-    if len(names) != x.ndim:
-        raise ValueError(f"constrain: {len(names)} axis names {names} for an array of rank {x.ndim}")
-    mesh = _active_mesh()
-    rules = tuple(rules) if rules is not None else active_rules()
-    if mesh is None or not rules:
-        return x
-    spec = logical_to_spec(names, rules)
-    if mesh.are_all_axes_explicit:
-        return jax.sharding.reshard(x, spec)
-    return jax.lax.with_sharding_constraint(x, spec)
-
-
 def param_init(init: Callable, names: LogicalNames) -> Callable:
     """Wrap initializer ``init`` so its ``nnx.Param`` carries logical ``names`` (``out_sharding`` metadata).
 
-    Eager sharding is enabled only when a mesh and logical rules are active at construction (see module doc).
+    When a mesh and logical rules are active at construction (:func:`medjax.parallel.use_mesh`), the new value is
+    also placed on the sharding :func:`medjax.parallel.rules.logical_to_spec` gives it (the translator
+    activations use too); flax's own eager sharding, which translates names differently, stays off.
     """
-    eager = _active_mesh() is not None and bool(active_rules()) and nnx.using_eager_sharding()
-    return nnx.with_partitioning(init, tuple(names), eager_sharding=eager)
+    names = tuple(names)
+
+    def placed(*args, **kwargs):
+        return constrain(init(*args, **kwargs), names)
+
+    return nnx.with_partitioning(placed, names, eager_sharding=False)
 
 
 def layer_norm(width: int, *, epsilon: float = 1e-6, rngs: nnx.Rngs) -> nnx.LayerNorm:

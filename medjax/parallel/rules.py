@@ -5,17 +5,23 @@ a rules table maps each logical name to a tuple of mesh axes (``()``: replicated
 ``MeshConfig.rules``; the mesh sizes decide the strategy, so one table serves DP, FSDP and TP alike (an axis of
 size 1 shards nothing). The presets below spell the strategies out for callers that want them explicitly.
 
-Mechanism for activation constraints: :func:`use_mesh` activates the mesh (``jax.set_mesh``), flax's logical
-axis rules (for ``nnx.with_partitioning`` parameters created eagerly) and a module-level context variable read
-by :func:`constrain`. Model code calls ``constrain(x, ("batch", "length", "embed"))``; outside ``use_mesh`` it
-returns ``x`` unchanged, inside it adds ``jax.lax.with_sharding_constraint``. The context is read at trace time,
-so ``jax.jit`` must trace the function inside ``use_mesh``.
+One translator: :func:`logical_to_spec` turns names into a ``PartitionSpec`` for parameters (their
+``out_sharding`` metadata, in :func:`medjax.parallel.sharding.state_shardings` and at creation through
+:func:`medjax.models.layers.param_init`) and for activations (:func:`constrain`) alike, so both agree on every
+edge: a name without a rule is an error, a mesh axis shards at most one dim, and a dim that does not divide its
+mesh axes drops them (a 3-head attention on ``mesh.tensor=2`` keeps heads replicated in parameters *and*
+activations). flax's own translation (``nnx.get_partition_spec``) is not used: it passes unknown names through
+as mesh axes and does not check divisibility.
+
+The active context is flax's and JAX's own: :func:`use_mesh` is ``jax.set_mesh(mesh)`` plus
+``nnx.logical_axis_rules(rules)``, and :func:`active` reads both back. Model code calls
+``constrain(x, ("batch", "length", "embed"))``; without a mesh and rules it returns ``x`` unchanged. The context
+is read at trace time, so ``jax.jit`` must trace the function inside ``use_mesh``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import math
 from collections.abc import Iterable, Sequence
 
@@ -127,46 +133,69 @@ def flax_rules(rules: Rules) -> tuple[tuple[str, str | tuple[str, ...] | None], 
     return tuple((n, None if not a else a[0] if len(a) == 1 else tuple(a)) for n, a in rules)
 
 
-_ACTIVE: contextvars.ContextVar = contextvars.ContextVar("medjax_mesh_rules", default=None)
-
-
 def active() -> tuple | None:
-    """The ``(mesh, rules)`` activated by :func:`use_mesh`, or None outside it."""
-    return _ACTIVE.get()
+    """The ``(mesh, rules)`` in effect, or None: the mesh set by ``jax.set_mesh`` (an abstract mesh) and the
+    logical-axis rules set by ``nnx.logical_axis_rules`` (normalised), both needed."""
+    import jax
+    import flax.linen as nn
+
+    mesh = jax.sharding.get_abstract_mesh()
+    rules = nn.get_logical_axis_rules()
+    if mesh is None or mesh.empty or not rules:
+        return None
+    return mesh, normalize_rules(rules, where="nnx.logical_axis_rules")
 
 
 @contextlib.contextmanager
 def use_mesh(mesh, rules: Rules | Iterable):
     """Activate ``mesh`` and logical ``rules`` for model creation, tracing and :func:`constrain`.
 
-    Inside: ``jax.set_mesh(mesh)`` is in effect, flax's logical axis rules are set (so
-    ``nnx.with_partitioning(init, ("embed", "mlp"))`` parameters are created sharded), and :func:`constrain`
-    emits sharding constraints.
+    The same as ``with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):`` (rules validated first): inside,
+    parameters made with :func:`medjax.models.layers.param_init` are created sharded and :func:`constrain` emits
+    sharding constraints, both through :func:`logical_to_spec`.
     """
     import jax
     from flax import nnx
 
     rules = normalize_rules(rules)
-    token = _ACTIVE.set((mesh, rules))
-    try:
-        with jax.set_mesh(mesh), nnx.logical_axis_rules(flax_rules(rules)):
-            yield mesh
-    finally:
-        _ACTIVE.reset(token)
+    with jax.set_mesh(mesh), nnx.logical_axis_rules(flax_rules(rules)):
+        yield mesh
 
 
-def constrain(x, names: Sequence[str | None]):
-    """Constrain array ``x`` (any shape) to the sharding its logical axis ``names`` map to.
+def spec_for(x, names: Sequence[str | None], *, rules: Rules | Iterable | None = None):
+    """``(mesh, PartitionSpec)`` for array ``x`` named ``names`` under the active mesh and rules (``rules``
+    overrides the active ones), or None when no mesh or no rules are active."""
+    import jax
 
-    Identity outside :func:`use_mesh`. Inside, ``jax.lax.with_sharding_constraint`` with the spec from
-    :func:`logical_to_spec` (dims that do not divide their mesh axes stay replicated).
-    """
-    ctx = _ACTIVE.get()
+    if len(names) != len(x.shape):
+        raise ValueError(f"{len(names)} logical axis names {tuple(names)} for an array of rank {len(x.shape)} "
+                         f"(shape {tuple(x.shape)}); give one name (or None) per dim")
+    ctx = active()
+    if rules is not None:
+        mesh = jax.sharding.get_abstract_mesh()
+        if mesh is None or mesh.empty:
+            return None
+        ctx = (mesh, normalize_rules(rules))
     if ctx is None:
+        return None
+    mesh, rules = ctx
+    return mesh, logical_to_spec(names, rules, shape=x.shape, mesh=mesh)
+
+
+def constrain(x, names: Sequence[str | None], *, rules: Rules | Iterable | None = None):
+    """Constrain array ``x`` (any shape) to the sharding its logical axis ``names`` (one per dim) map to.
+
+    Identity when no mesh or no rules are active (single-device code runs unchanged). Inside
+    :func:`use_mesh` (or ``jax.set_mesh`` + ``nnx.logical_axis_rules``): ``jax.lax.with_sharding_constraint``
+    (``jax.sharding.reshard`` on an explicit mesh) with the spec of :func:`logical_to_spec`, the same translation
+    parameters get, so a dim that does not divide its mesh axes stays replicated in both.
+    """
+    found = spec_for(x, names, rules=rules)
+    if found is None:
         return x
     import jax
-    from jax.sharding import NamedSharding
 
-    mesh, rules = ctx
-    spec = logical_to_spec(names, rules, shape=x.shape, mesh=mesh)
-    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
+    mesh, spec = found
+    if mesh.are_all_axes_explicit:
+        return jax.sharding.reshard(x, spec)
+    return jax.lax.with_sharding_constraint(x, spec)

@@ -49,6 +49,54 @@ def _leaf_shape_names(x):
     return tuple(getattr(x, "shape", ())), None
 
 
+def logical_names(state) -> dict[str, tuple]:
+    """``{key path: logical names}`` of every ``nnx.Variable`` in ``state`` that carries ``out_sharding`` metadata.
+
+    Paths are :func:`path_str` strings of the Variables' positions (e.g. ``"encoder/blocks/0/fc1/kernel"`` in
+    ``nnx.state(model, nnx.Param)``).
+    """
+    import jax
+
+    out = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(state, is_leaf=_is_var)[0]:
+        _, names = _leaf_shape_names(leaf)
+        if names is not None:
+            out[path_str(path)] = names
+    return out
+
+
+def shardings_by_path(abstract, names: dict[str, tuple], mesh, rules: Rules):
+    """NamedSharding per leaf of ``abstract`` (arrays / ShapeDtypeStructs), from logical names looked up by path.
+
+    A leaf whose :func:`path_str` is in ``names`` gets :func:`~medjax.parallel.rules.logical_to_spec` of those
+    names (dims that do not divide their mesh axes replicated); a leaf that mirrors one (an optimizer moment: same
+    shape, and its path ends with the longest unique annotated path suffix) gets that leaf's spec; the rest
+    (step counters, RNG keys, scalars) is replicated.
+    """
+    import jax
+    from jax.sharding import NamedSharding
+
+    rules = normalize_rules(rules)
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(abstract)
+    annotated: dict[tuple, list] = {}
+    specs: dict[int, Any] = {}
+    for i, (path, leaf) in enumerate(leaves):
+        key = path_str(path)
+        if key in names:
+            shape = tuple(leaf.shape)
+            specs[i] = logical_to_spec(names[key], rules, shape=shape, mesh=mesh)
+            parts = tuple(key.split("/"))
+            for j in range(len(parts)):
+                annotated.setdefault(parts[j:], []).append((shape, specs[i]))
+    out = []
+    for i, (path, leaf) in enumerate(leaves):
+        spec = specs.get(i)
+        if spec is None:
+            spec = _mirror(tuple(path_str(path).split("/")), tuple(getattr(leaf, "shape", ())), annotated)
+        out.append(NamedSharding(mesh, spec))
+    return jax.tree_util.tree_unflatten(treedef, out)
+
+
 def state_shardings(abstract_state, mesh, rules: Rules):
     """NamedSharding for every leaf of ``abstract_state`` (same tree structure, Variables kept as wrappers).
 
@@ -59,33 +107,17 @@ def state_shardings(abstract_state, mesh, rules: Rules):
       rules: logical -> mesh axes rules (see :func:`medjax.parallel.rules.logical_rules`).
 
     Returns:
-      A pytree like ``abstract_state`` whose leaves are ``NamedSharding``; usable as ``jit`` ``out_shardings``
-      or to attach shardings to ``ShapeDtypeStruct`` targets (:func:`with_shardings`).
+      A pytree like ``abstract_state`` whose leaves are ``NamedSharding`` (see :func:`shardings_by_path`);
+      usable as ``jit`` ``out_shardings`` or to attach shardings to ``ShapeDtypeStruct`` targets
+      (:func:`with_shardings`).
     """
     import jax
-    from jax.sharding import NamedSharding, PartitionSpec
 
-    rules = normalize_rules(rules)
     leaves, treedef = jax.tree_util.tree_flatten_with_path(abstract_state, is_leaf=_is_var)
-    specs: list = []
-    annotated: dict[tuple, list] = {}
-    for path, leaf in leaves:
-        shape, names = _leaf_shape_names(leaf)
-        if names is not None:
-            spec = logical_to_spec(names, rules, shape=shape, mesh=mesh)
-            parts = tuple(path_str(path).split("/"))
-            for i in range(len(parts)):
-                annotated.setdefault(parts[i:], []).append((shape, spec))
-        else:
-            spec = None
-        specs.append(spec)
-    out = []
-    for (path, leaf), spec in zip(leaves, specs):
-        shape, _ = _leaf_shape_names(leaf)
-        if spec is None:
-            spec = _mirror(tuple(path_str(path).split("/")), shape, annotated)
-        sharding = NamedSharding(mesh, spec)
-        out.append(leaf.replace(sharding) if _is_var(leaf) else sharding)
+    values = [jax.ShapeDtypeStruct(_leaf_shape_names(leaf)[0], "float32") for _, leaf in leaves]  # shapes only
+    flat = {path_str(p): v for (p, _), v in zip(leaves, values)}
+    shardings = shardings_by_path(flat, logical_names(abstract_state), mesh, rules)
+    out = [leaf.replace(shardings[path_str(p)]) if _is_var(leaf) else shardings[path_str(p)] for p, leaf in leaves]
     return jax.tree_util.tree_unflatten(treedef, out)
 
 
@@ -118,6 +150,15 @@ def with_shardings(abstract_state, shardings):
         return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s)
 
     return jax.tree.map(attach, abstract_state, shardings)
+
+
+def mesh_and_rules(cfg):
+    """``(mesh, rules)`` of a run config: :func:`~medjax.parallel.mesh.make_mesh` of ``cfg.mesh`` over all devices
+    and its validated :func:`~medjax.parallel.rules.logical_rules`."""
+    from medjax.parallel.mesh import make_mesh
+    from medjax.parallel.rules import logical_rules
+
+    return make_mesh(cfg.mesh), logical_rules(cfg.mesh)
 
 
 def batch_sharding(mesh):

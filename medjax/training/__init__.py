@@ -22,8 +22,8 @@ from medjax.training.steps import make_train_step, mae_loss, train_step_fn
 
 
 def pretrain(cfg, workdir, *, restart: bool = False, progress: bool = True) -> dict:
-    """MAE pretraining (see :func:`medjax.training.loop.pretrain`)."""
-    from medjax.training.loop import pretrain as _pretrain
+    """MAE pretraining (see :func:`medjax.training.pretraining.pretrain`)."""
+    from medjax.training.pretraining import pretrain as _pretrain
 
     return _pretrain(cfg, workdir, restart=restart, progress=progress)
 

@@ -65,7 +65,7 @@ class Checkpointer:
             save_interval_steps=0 if read_only else 1,
             create=not read_only,
             read_only=read_only,
-            cleanup_tmp_directories=not read_only,
+            cleanup_tmp_directories=False,  # done here, synchronously (below)
             enable_async_checkpointing=async_save,
         )
         handlers = {
@@ -73,6 +73,8 @@ class Checkpointer:
             "data": ocp.JsonCheckpointHandler(),
             "meta": ocp.JsonCheckpointHandler(),
         }
+        if not read_only:
+            remove_partial_saves(self.directory)
         if read_only:  # orbax warns at length that a read-only manager will not save; that is the point here
             from absl import logging as absl_logging
 
@@ -84,10 +86,6 @@ class Checkpointer:
                 absl_logging.set_verbosity(verbosity)
         else:
             self._mgr = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
-        # orbax deletes leftover temporary directories in the background; finish that before anything else
-        await_cleanup = getattr(self._mgr, "_maybe_await_cleanup_tmp_directory", None)
-        if callable(await_cleanup):
-            await_cleanup()
 
     # -- queries -----------------------------------------------------------------------------------------------
     def all_steps(self) -> list[int]:
@@ -204,8 +202,10 @@ class Checkpointer:
             key = path_str(path)
             if getattr(leaf, "sharding", None) is None:
                 raise CheckpointError(
-                    f"abstract_state leaf {key!r} has no sharding; attach one with "
-                    "medjax.parallel.with_shardings(abstract, state_shardings(abstract, mesh, rules))"
+                    f"abstract_state leaf {key!r} has no sharding; restore onto "
+                    "medjax.training.state.train_state_spec(cfg, mesh).abstract_with_shardings() (through "
+                    "medjax.training.state.state_to_dict), or, for other pytrees, attach shardings with "
+                    "medjax.parallel.with_shardings(abstract, medjax.parallel.state_shardings(abstract, mesh, rules))"
                 )
             wanted[key] = tuple(leaf.shape)
         where = f"checkpoint at step {step} in {self.directory}"
@@ -272,12 +272,29 @@ class Checkpointer:
         """The JSON item ``"data"`` or ``"meta"`` of ``step`` (default latest), or None if it was not saved."""
         if name not in ("data", "meta"):
             raise ValueError(f"read_item reads 'data' or 'meta', not {name!r}")
+        import orbax.checkpoint as ocp
+
         step = self._resolve(step)
-        path = self.directory / str(step) / name / "metadata"
-        if not path.is_file():
+        if name not in self._present(step):
             return None
-        with open(path) as f:
-            return json.load(f)
+        out = self._mgr.restore(step, args=ocp.args.Composite(**{name: ocp.args.JsonRestore()}))
+        return _get(out, name)
+
+
+def remove_partial_saves(directory) -> list[Path]:
+    """Delete the temporary directories (``<step>.orbax-checkpoint-tmp-*``) a save killed midway left in
+    ``directory``; only process 0 deletes. Returns the paths removed (empty on other processes)."""
+    import shutil
+
+    import jax
+
+    directory = Path(directory)
+    if jax.process_index() != 0 or not directory.is_dir():
+        return []
+    removed = sorted(p for p in directory.iterdir() if _TMP_MARK in p.name)
+    for p in removed:
+        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+    return removed
 
 
 def read_meta(workdir, step: int | None = None) -> dict | None:

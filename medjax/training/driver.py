@@ -1,6 +1,6 @@
 """The step loop shared by pretraining and fine-tuning: step, log, checkpoint, stop on a signal, guard divergence.
 
-Both :func:`medjax.training.loop.pretrain` and :func:`medjax.finetune.loop.finetune` set up their own model,
+Both :func:`medjax.training.pretraining.pretrain` and :func:`medjax.finetune.loop.finetune` set up their own model,
 data and state, then hand the loop to :func:`run_steps` with a few callbacks:
 
 - ``next_batch()``: the next global batch (already placed with the batch sharding);
@@ -8,6 +8,12 @@ data and state, then hand the loop to :func:`run_steps` with a few callbacks:
 - ``on_step(step, state, batch, done)``: optional per-step extra (e.g. TensorBoard previews);
 - ``before_final_save(state, stopped)``: optional last change of the state before the final checkpoint (e.g.
   the linear probe's feature statistics); not called when a signal stopped the run.
+
+The host reads a step's metrics one step late (while the next step runs), and at the first step, checkpoint
+steps and the last step right away; with several processes the stop-signal collective runs every
+:data:`STOP_CHECK_EVERY` steps (and at checkpoints and the end). The step function must hold the state once
+the non-finite streak reaches ``train.max_nonfinite`` (``make_train_step(..., max_nonfinite=...)``), so the
+step dispatched before the host saw the streak changes nothing.
 
 What the loop guarantees, for both: ``metrics.jsonl``/TensorBoard/progress every ``train.log_every`` steps (and on
 the first, the last and every step with a non-finite update) with samples/s measured from the step after
@@ -24,6 +30,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from medjax.errors import TrainingDivergedError
+
+# steps between the cross-process checks for a stop signal (one collective each); every step with one process
+STOP_CHECK_EVERY = 10
 
 
 @dataclass
@@ -60,56 +69,79 @@ def run_steps(cfg, state, step_fn, *, start: int, next_batch: Callable[[], dict]
     import jax
 
     from medjax.parallel import distributed as _dist
-    from medjax.training import sharding as _sh
+    from medjax.parallel.rules import use_mesh
     from medjax.training.signals import StopRequest
 
     host: dict = {}
     first_loss = compile_s = stopped = None
     step = start
     t_mark, step_mark = time.time(), start
+    every = max(1, cfg.train.log_every)
+    pending: list = []  # [(step, device metrics)] dispatched but not yet read by the host
+
+    def settle() -> None:
+        """Read the pending step's metrics (blocks until that step is done): log, guard divergence."""
+        nonlocal host, t_mark, step_mark
+        if not pending:
+            return
+        s, metrics = pending.pop()
+        host = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        bad = int(host["nonfinite_count"])
+        if s % every == 0 or s == cfg.train.steps or s == start + 1 or bad:
+            now = time.time()
+            sps = (s - step_mark) * cfg.train.batch_size / (now - t_mark) if s > step_mark else None
+            host["samples_per_s"] = sps or 0.0
+            logger.log(s, host)
+            if s > step_mark:
+                t_mark, step_mark = now, s
+        logger.progress(s, host["loss"], host.get("samples_per_s"))
+        if bad >= cfg.train.max_nonfinite:
+            # steps dispatched after s were no-ops (the step holds the state once the streak reaches the limit)
+            save(s, state, host, True)
+            ckpt.wait()
+            logger.close()
+            raise TrainingDivergedError(
+                f"{bad} consecutive non-finite steps at step {s} (loss {host['loss']}, grad norm "
+                f"{host['grad_norm']}); last good checkpoint: {ckpt.directory / str(s)} "
+                f"(parameters of step {s - bad}); lower train.lr, raise train.warmup_steps or check "
+                "the data (`medjax data check`)")
+
     with StopRequest() as stop:
         while step < cfg.train.steps:
             t0 = time.time()
             batch = next_batch()
-            with _sh.activate(mesh, rules):
+            with use_mesh(mesh, rules):
                 if compile_s is None and jax.process_count() > 1:
                     # compile everywhere, then start together: gloo collectives wait only 30 s for peers
                     step_fn = step_fn.lower(state, batch).compile()
                     _dist.barrier("medjax-step-compiled")
                 state, metrics = step_fn(state, batch)
             step += 1
-            host = {k: float(v) for k, v in jax.device_get(metrics).items()}
+            # the previous step's metrics are read while this one runs: the host never waits for the device
+            # before dispatching the next step, except where it needs this step's values now (below)
+            settle()
+            pending.append((step, metrics))
+            done = step == cfg.train.steps
+            checkpoint = step % cfg.checkpoint.every_steps == 0
             if compile_s is None:
+                settle()
                 compile_s = time.time() - t0
                 t_mark, step_mark = time.time(), step
                 first_loss = host["loss"]
-            if step % cfg.checkpoint.every_steps == 0:
+            if checkpoint or done:
+                settle()
+            if checkpoint:
                 save(step, state, host, False)
-            bad = int(host["nonfinite_count"])
-            done = step == cfg.train.steps
-            if step % max(1, cfg.train.log_every) == 0 or done or step == start + 1 or bad:
-                now = time.time()
-                sps = (step - step_mark) * cfg.train.batch_size / (now - t_mark) if step > step_mark else None
-                host["samples_per_s"] = sps or 0.0
-                logger.log(step, host)
-                if step > step_mark:
-                    t_mark, step_mark = now, step
-            logger.progress(step, host["loss"], host.get("samples_per_s"))
             if on_step is not None:
                 on_step(step, state, batch, done)
-            if bad >= cfg.train.max_nonfinite:
-                save(step, state, host, True)
-                ckpt.wait()
-                logger.close()
-                raise TrainingDivergedError(
-                    f"{bad} consecutive non-finite steps at step {step} (loss {host['loss']}, grad norm "
-                    f"{host['grad_norm']}); last good checkpoint: {ckpt.directory / str(step)} "
-                    f"(parameters of step {step - bad}); lower train.lr, raise train.warmup_steps or check "
-                    "the data (`medjax data check`)")
-            # a signal may reach the processes at different steps: all stop when any got one
-            if _dist.any_process(stop.requested):
-                stopped = stop
-                break
+            # a signal may reach the processes at different steps: all stop together at the first check after
+            # any got one (a collective with several processes, so only every STOP_CHECK_EVERY steps)
+            if jax.process_count() == 1 or step % STOP_CHECK_EVERY == 0 or checkpoint or done:
+                if _dist.any_process(stop.requested):
+                    settle()
+                    stopped = stop
+                    break
+        settle()
         if before_final_save is not None and stopped is None and step > start:
             state = before_final_save(state)
         save(step, state, host, True)

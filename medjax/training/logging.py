@@ -145,7 +145,14 @@ class RunLogger:
         else:
             print(message, file=sys.stderr, flush=True)
 
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     def close(self) -> None:
+        """Close the progress bar, the TensorBoard writer (and its thread) and metrics.jsonl; idempotent."""
         if self._bar is not None:
             self._bar.close()
             self._bar = None

@@ -152,9 +152,9 @@ class StateSpec:
 
     def init(self) -> TrainState:
         """Materialise the step-0 state directly sharded (``jit(init, out_shardings=shardings)``)."""
-        from medjax.training import sharding as _sh
+        from medjax.parallel.rules import use_mesh
 
-        with _sh.activate(self.mesh, self.rules):
+        with use_mesh(self.mesh, self.rules):
             return jax.jit(self._init, out_shardings=self.shardings)()
 
     def abstract_with_shardings(self):
@@ -178,25 +178,29 @@ def train_state_spec(
       tx: optax transformation (default :func:`medjax.training.optim.make_optimizer` of ``cfg.train``).
       model_factory: builds the module (default :func:`build_model` of ``cfg``).
     """
-    from medjax.training import sharding as _sh
+    from medjax.parallel.mesh import make_mesh
+    from medjax.parallel.rules import logical_rules, use_mesh
+    from medjax.parallel.sharding import logical_names, shardings_by_path
     from medjax.training.optim import make_optimizer
 
     tx = tx or make_optimizer(cfg.train)
     factory = model_factory or (lambda: build_model(cfg))
-    mesh = mesh if mesh is not None else _sh.default_mesh(cfg)
-    rules = _sh.rules_of(cfg)
+    mesh = mesh if mesh is not None else make_mesh(cfg.mesh)
+    rules = logical_rules(cfg.mesh)
     holder: dict = {}
 
     def init():  # traced inside the mesh context: eval_shape now, jit in StateSpec.init
         model = factory()
-        holder["logical_names"] = _sh.param_logical_names(nnx.state(model, nnx.Param))
+        names = logical_names(nnx.state(model, nnx.Param))
+        holder["logical_names"] = {f"params/{k}": v for k, v in names.items()}
         model_def, state = init_train_state(model, tx, cfg.train.seed)
         holder["model_def"] = model_def
         return state
 
-    with _sh.activate(mesh, rules):
+    with use_mesh(mesh, rules):
         abstract = jax.eval_shape(init)
-        shardings = _sh.train_state_shardings(abstract, holder["logical_names"], mesh, rules)
+        # parameters by their logical names; optimizer moments mirror them; step, key and counters replicated
+        shardings = shardings_by_path(abstract, holder["logical_names"], mesh, rules)
     return StateSpec(holder["model_def"], abstract, shardings, mesh, rules, init)
 
 

@@ -5,7 +5,9 @@ and the model's RNG streams (dropout, drop-path) from ``fold_in(step_key, 1)``, 
 masks of an uninterrupted one. With gradient accumulation micro-batch ``i`` folds ``i`` into both keys.
 
 Non-finite guard: when the loss, the gradient norm or the update norm is not finite, params and optimizer state are kept, the
-step still advances and ``nonfinite_count`` grows by one (it resets to 0 on a good step).
+step still advances and ``nonfinite_count`` grows by one (it resets to 0 on a good step). With ``max_nonfinite``
+given, a step entered with ``nonfinite_count >= max_nonfinite`` is a no-op (state returned unchanged, the step not
+advanced), so a host that reads metrics one step late still finds the state of the step that hit the limit.
 """
 
 from __future__ import annotations
@@ -33,6 +35,9 @@ def _split_micro(batch: dict, accum: int) -> dict:
 
     def split(x):
         b = x.shape[0]
+        if b % accum:
+            raise ValueError(f"a batch of {b} samples does not split into train.grad_accum={accum} equal "
+                             "micro-batches; make train.batch_size (per step, all devices) a multiple of it")
         x = x.reshape(b // accum, accum, *x.shape[1:])
         return jnp.moveaxis(x, 1, 0)
 
@@ -44,7 +49,8 @@ def _select(ok, new, old):
 
 
 def train_step_fn(model_def: ModelDef, tx: optax.GradientTransformation, schedule: Callable,
-                  *, loss_fn: LossFn = mae_loss, grad_accum: int = 1) -> Callable:
+                  *, loss_fn: LossFn = mae_loss, grad_accum: int = 1,
+                  max_nonfinite: int | None = None) -> Callable:
     """The un-jitted pure step for ``model_def`` and optimizer ``tx``.
 
     Args:
@@ -95,8 +101,14 @@ def train_step_fn(model_def: ModelDef, tx: optax.GradientTransformation, schedul
         # a finite gradient can still give a non-finite update (e.g. lr=inf): check the update too
         ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(optax.tree.norm(updates))
         count = jnp.where(ok, 0, state.nonfinite_count + 1).astype(jnp.int32)
+        advance = jnp.ones((), state.step.dtype)
+        if max_nonfinite is not None:
+            frozen = state.nonfinite_count >= max_nonfinite
+            ok = ok & ~frozen
+            count = jnp.where(frozen, state.nonfinite_count, count).astype(jnp.int32)
+            advance = jnp.where(frozen, 0, 1).astype(state.step.dtype)
         new_state = state.replace(
-            step=state.step + 1,
+            step=state.step + advance,
             params=_select(ok, new_params, state.params),
             opt_state=_select(ok, new_opt, state.opt_state),
             nonfinite_count=count,
@@ -113,14 +125,15 @@ def train_step_fn(model_def: ModelDef, tx: optax.GradientTransformation, schedul
 
 
 def make_train_step(model_def: ModelDef, tx, schedule, *, state_shardings=None, batch_sharding=None,
-                    loss_fn: LossFn = mae_loss, grad_accum: int = 1, donate: bool = True) -> Callable:
+                    loss_fn: LossFn = mae_loss, grad_accum: int = 1, donate: bool = True,
+                    max_nonfinite: int | None = None) -> Callable:
     """:func:`train_step_fn` wrapped in ``jax.jit`` once, donating the state (argument 0).
 
     ``state_shardings`` (a TrainState of shardings) pins the state in and out; ``batch_sharding`` (one sharding
     for every batch array) pins the batch. Metrics come back replicated. Trace inside the mesh context
-    (:func:`medjax.training.sharding.activate`) so activation constraints apply.
+    (:func:`medjax.parallel.use_mesh`) so activation constraints apply.
     """
-    fn = train_step_fn(model_def, tx, schedule, loss_fn=loss_fn, grad_accum=grad_accum)
+    fn = train_step_fn(model_def, tx, schedule, loss_fn=loss_fn, grad_accum=grad_accum, max_nonfinite=max_nonfinite)
     kwargs: dict = {"donate_argnums": (0,) if donate else ()}
     if state_shardings is not None:
         from jax.sharding import NamedSharding, PartitionSpec

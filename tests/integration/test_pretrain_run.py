@@ -14,7 +14,7 @@ from medjax.errors import TrainingDivergedError
 from medjax.training.checkpoint import Checkpointer
 from medjax.training.digest import params_digest
 from medjax.training.logging import read_metrics
-from medjax.training.loop import pretrain
+from medjax.training.pretraining import pretrain
 
 pytestmark = pytest.mark.slow
 

@@ -19,7 +19,11 @@ RULES = (("batch", ("data", "fsdp")), ("length", ()), ("embed", ("fsdp",)), ("ml
 def test_logical_to_spec():
     assert logical_to_spec(("embed", "mlp"), RULES) == P("fsdp", "tensor")
     assert logical_to_spec(("heads", "kv", "embed"), RULES) == P("tensor", None, "fsdp")
-    assert logical_to_spec((None, "unknown"), RULES) == P(None, None)
+    # one translator for parameters and activations: a name without a rule is an error, not silently replicated
+    from medjax.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="'unknown' has no rule"):
+        logical_to_spec((None, "unknown"), RULES)
     # a mesh axis shards one dim only: activations (batch, length, embed) stay replicated over embed
     assert logical_to_spec(("batch", "length", "embed"), RULES) == P(("data", "fsdp"), None, None)
 

@@ -13,13 +13,8 @@ import numpy as np
 import pytest
 
 from medjax.errors import ConfigError
-from medjax.parallel.distributed import (
-    ClusterSpec,
-    ShardedBatchIterator,
-    detect_cluster,
-    make_data_iterator,
-    shards_of_process,
-)
+from medjax.data.global_batches import ShardedBatchIterator, make_data_iterator, saved_num_shards, shards_of_process
+from medjax.parallel.distributed import ClusterSpec, detect_cluster
 
 # ---------------------------------------------------------------------------------------------------------------
 # Cluster detection (no JAX backend involved)
@@ -109,6 +104,8 @@ def test_global_batch_independent_of_process_count(dataset):
     # the data position written by one process resumes in two (and back)
     state = one.get_state()
     assert state["num_shards"] == 2 and set(state["shards"]) == {"0", "1"}
+    assert saved_num_shards(state) == 2 and saved_num_shards(plain.get_state()) == 1
+    assert saved_num_shards(None) is None
     expect = next(one)
     resumed = [make_data_iterator(cfg, global_batch=4, seed=3, num_shards=2, process_index=p, process_count=2)
                for p in range(2)]

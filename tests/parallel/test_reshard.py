@@ -23,7 +23,7 @@ from medjax.config import apply_overrides, get_preset
 from medjax.training.checkpoint import Checkpointer
 from medjax.training.digest import params_digest
 from medjax.training.logging import read_metrics
-from medjax.training.loop import pretrain
+from medjax.training.pretraining import pretrain
 from medjax.training.state import state_to_dict, train_state_spec
 
 TINY, DATA, WORK = {tiny!r}, {data!r}, {work!r}

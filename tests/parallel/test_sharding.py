@@ -1,4 +1,5 @@
-"""State/batch shardings, sharded creation and per-device memory on 8 fake CPU devices."""
+"""State/batch shardings, sharded creation and per-device memory on 8 fake CPU devices: the general helpers on
+a small NNX model, and the train state pretraining builds (train_state_spec) on its MAE."""
 
 from __future__ import annotations
 
@@ -132,3 +133,71 @@ def test_batch_sharding_and_forward(fsdp8):
     assert f["y_shape"] == [16, 3]
     assert f["constraints"] >= 2  # the two constrain() calls in Tiny.__call__
     assert f["max_err"] < 1e-5
+
+
+# What pretraining uses: train_state_spec (logical names -> shardings_by_path -> jit(init, out_shardings)),
+# batch_sharding and use_mesh, on the MAE of a tiny config.
+PRETRAIN = """
+import jax, numpy as np
+from medjax.config import apply_overrides, get_preset
+from medjax.parallel import batch_sharding, per_device_bytes, path_str
+from medjax.training.state import train_state_spec
+
+def specs(tree):
+    return {path_str(p): [None if s is None else (list(s) if isinstance(s, tuple) else s) for s in sh.spec]
+            for p, sh in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+res = {}
+base = ["model.variant=Mu/8", "model.decoder_width=32", "model.decoder_depth=1", "model.decoder_heads=2",
+        "data.crop_size=16"]
+for name, mesh in {"fsdp": ["mesh.data=1", "mesh.fsdp=-1"], "dp": ["mesh.data=-1"],
+                   "tp": ["mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2"]}.items():
+    cfg = apply_overrides(get_preset("demo"), base + mesh)
+    spec = train_state_spec(cfg)
+    state = spec.init()
+    res[name] = {"specs": specs(spec.shardings), "per_device": per_device_bytes(state),
+                 "total": int(sum(x.nbytes for x in jax.tree.leaves(state))),
+                 "placed": specs(jax.tree.map(lambda a: a.sharding, state)) == specs(spec.shardings),
+                 "batch": specs({"b": batch_sharding(spec.mesh)})["b"]}
+emit(res)
+"""
+
+
+@pytest.fixture(scope="module")
+def pretrain8():
+    return run_with_devices(PRETRAIN, devices=8)
+
+
+def _find(specs, suffix, prefix=""):
+    hits = [v for k, v in specs.items() if k.endswith(suffix) and k.startswith(prefix)]
+    assert hits, f"no state leaf {prefix}...{suffix}"
+    return hits
+
+
+def test_pretraining_state_is_created_in_its_shardings(pretrain8):
+    for name in ("fsdp", "dp", "tp"):
+        assert pretrain8[name]["placed"], name
+        assert pretrain8[name]["batch"] == [["data", "fsdp"]]
+
+
+def test_pretraining_state_fsdp_specs_and_bytes(pretrain8):
+    f = pretrain8["fsdp"]
+    s = f["specs"]
+    assert s["params/encoder/blocks/0/mlp/fc1/kernel"] == ["fsdp", "tensor"]
+    assert s["params/encoder/blocks/0/mlp/fc2/kernel"] == ["tensor", "fsdp"]
+    assert s["params/encoder/blocks/0/attn/q_kernel"] == ["fsdp", "tensor", None]
+    assert s["step"] == [] and s["rng"] == [] and s["nonfinite_count"] == []
+    # AdamW's moments (plain optax over a dict: no metadata) mirror their parameters by key path and shape
+    for moment in _find(s, "/encoder/blocks/0/mlp/fc1/kernel", "opt_state"):
+        assert moment == ["fsdp", "tensor"]
+    # the 32-wide decoder and the 64-wide encoder split 8 ways: per device is a small fraction of the total
+    assert f["per_device"] < f["total"] / 4
+
+
+def test_pretraining_state_dp_and_tp(pretrain8):
+    dp = pretrain8["dp"]
+    assert dp["per_device"] == dp["total"]  # data parallel: every device holds the whole state
+    tp = pretrain8["tp"]["specs"]
+    assert tp["params/encoder/blocks/0/mlp/fc1/kernel"] == ["fsdp", "tensor"]
+    assert tp["params/encoder/blocks/0/attn/q_kernel"] == ["fsdp", "tensor", None]  # 2 heads on tensor=2
+    assert pretrain8["tp"]["per_device"] < pretrain8["tp"]["total"] / 2

@@ -1,4 +1,4 @@
-"""The MAE pretraining loop: resume, train, log, checkpoint, stop gracefully.
+"""MAE pretraining (`medjax pretrain`): set up the run, hand it to the step loop, write figures and the summary.
 
 WORKDIR layout::
 
@@ -16,7 +16,6 @@ with the same parameters as an uninterrupted run.
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from pathlib import Path
 
@@ -24,34 +23,7 @@ import numpy as np
 
 from medjax.config.schema import Config
 from medjax.errors import ConfigError
-
-
-def clean_workdir(workdir: Path) -> None:
-    """--restart: remove checkpoints, metrics, TensorBoard events and figures of an earlier run."""
-    for name in ("checkpoints", "tb", "reconstructions"):
-        shutil.rmtree(workdir / name, ignore_errors=True)
-    for name in ("metrics.jsonl", "loss.png", "config.json"):
-        (workdir / name).unlink(missing_ok=True)
-
-
-def batch_sizes(cfg: Config, mesh, process_count: int) -> int:
-    """Per-process batch size; raises ConfigError naming train.batch_size when it does not divide."""
-    b = cfg.train.batch_size
-    shards = int(mesh.shape["data"] * mesh.shape["fsdp"])
-    if b % process_count:
-        raise ConfigError(f"train.batch_size={b} must divide by the number of processes ({process_count})")
-    if b % cfg.train.grad_accum:
-        raise ConfigError(f"train.batch_size={b} must divide by train.grad_accum={cfg.train.grad_accum}")
-    if (b // cfg.train.grad_accum) % shards:
-        raise ConfigError(
-            f"train.batch_size={b} / train.grad_accum={cfg.train.grad_accum} must divide by the data-parallel "
-            f"devices (mesh data*fsdp = {shards}); change train.batch_size or mesh.*")
-    return b // process_count
-
-
-# older private names, kept for callers that imported them
-_clean_workdir = clean_workdir
-_batch_sizes = batch_sizes
+from medjax.parallel.rules import use_mesh
 
 
 def _sync(name: str) -> None:
@@ -83,9 +55,9 @@ class _Previewer:
     def __call__(self, state, images) -> dict:
         import jax
 
-        from medjax.training import sharding as _sh
+        from medjax.parallel.rules import use_mesh
 
-        with _sh.activate(self._spec.mesh, self._spec.rules):
+        with use_mesh(self._spec.mesh, self._spec.rules):
             out = self._fn(state.params, state.model_state, state.rng, images)
         return {k: np.asarray(jax.device_get(v)) for k, v in out.items()}
 
@@ -124,81 +96,76 @@ def pretrain(cfg: Config, workdir, *, restart: bool = False, progress: bool = Tr
     """
     import jax
 
-    from medjax.config.overrides import to_dict, to_json
+    from medjax.config.overrides import to_dict
+    from medjax.data.global_batches import check_process_rows, gather_data_state, make_data_iterator, saved_num_shards
     from medjax.data.pipeline import to_global_batch
-    from medjax.parallel import distributed as _dist
-    from medjax.training import sharding as _sh
-    from medjax.training.checkpoint import Checkpointer
     from medjax.training.digest import count_params, params_digest
-    from medjax.training.logging import RunLogger, read_metrics
-    from medjax.training.optim import make_optimizer, make_schedule
     from medjax.training.driver import run_steps
-    from medjax.training.state import state_from_dict, state_to_dict, train_state_spec
+    from medjax.training.logging import read_metrics
+    from medjax.training.optim import make_optimizer, make_schedule
+    from medjax.training.setup import open_run, prepare_workdir
+    from medjax.training.state import state_to_dict
     from medjax.training.steps import make_train_step
 
     t_start = time.time()
-    workdir = Path(workdir).expanduser().absolute()
-    main = jax.process_index() == 0
     if cfg.task != "mae":
         raise ConfigError(f"task={cfg.task!r}: `pretrain` trains MAE models; set task=mae or use a fine-tuning command")
-    if restart and main:
-        _clean_workdir(workdir)
-    _sync("medjax-pretrain-clean")
-    if main:
-        workdir.mkdir(parents=True, exist_ok=True)
-        (workdir / "config.json").write_text(to_json(cfg) + "\n")
-
-    mesh = _sh.default_mesh(cfg)
-    per_process = _batch_sizes(cfg, mesh, jax.process_count())
+    workdir = prepare_workdir(cfg, workdir, restart=restart)
+    main = jax.process_index() == 0
     schedule = make_schedule(cfg.train)
     tx = make_optimizer(cfg.train, schedule=schedule)
-    spec = train_state_spec(cfg, mesh, tx=tx)
-    ckpt = Checkpointer(workdir, keep=cfg.checkpoint.keep, every_steps=cfg.checkpoint.every_steps)
-    data = _dist.make_data_iterator(cfg.data, global_batch=cfg.train.batch_size, seed=cfg.train.seed,
-                                    num_shards=data_shards)
-    resumed_from = ckpt.latest_step()
-    if resumed_from is not None:
-        restored, data_state, _ = ckpt.restore(resumed_from, abstract_state=state_to_dict(spec.abstract_with_shardings()))
-        state = state_from_dict(restored)
-        if data_state is not None:
-            data.set_state(data_state)
-    else:
-        state = spec.init()
-    start = int(jax.device_get(state.step))
-    num_params = count_params(state.params)
-    meta = {"config": to_dict(cfg), "num_params": int(num_params), "task": "mae"}
 
-    with _sh.activate(mesh, spec.rules):
-        step_fn = make_train_step(spec.model_def, tx, schedule, state_shardings=spec.shardings,
-                                  batch_sharding=_sh.batch_sharding(mesh), grad_accum=cfg.train.grad_accum)
-    bsh = _sh.batch_sharding(mesh)
-    _dist.check_process_rows(bsh, per_process * jax.process_count())
-    previewer = _Previewer(spec.model_def, spec)
-    logger = RunLogger(workdir, total_steps=cfg.train.steps, start_step=start, enabled=main, progress=progress)
-    if resumed_from is not None:
-        logger.write(f"resumed from {ckpt.directory / str(resumed_from)} (step {resumed_from})")
-    last: dict = {"batch": None}
+    def make_data(saved: dict | None):
+        # a resumed run keeps the checkpoint's number of data shards unless told otherwise
+        shards = data_shards if data_shards is not None else saved_num_shards(saved)
+        if shards is not None and shards % jax.process_count():
+            raise ConfigError(
+                f"the checkpoint in {workdir} was written with {shards} data shard(s), which {jax.process_count()} "
+                f"processes cannot split evenly; resume with a process count that divides {shards}, or pass "
+                "--data-shards (the data order then changes) or --restart")
+        return make_data_iterator(cfg.data, global_batch=cfg.train.batch_size, seed=cfg.train.seed,
+                                  num_shards=shards)
 
-    def save(s: int, st, host: dict, force: bool) -> None:
-        ckpt.save(s, state_to_dict(st), data_state=_dist.gather_data_state(data),
-                  meta={**meta, "step": int(s), "loss": host.get("loss")}, force=force)
+    with open_run(cfg, workdir, tx=tx, make_data=make_data, progress=progress, desc="pretrain") as run:
+        spec, ckpt, data, logger, bsh = run.spec, run.ckpt, run.data, run.logger, run.batch_sharding
+        resumed_from, mesh = run.resumed_from, run.mesh
+        num_params = count_params(run.state.params)
+        meta = {"config": to_dict(cfg), "num_params": int(num_params), "task": "mae"}
+        with use_mesh(mesh, spec.rules):
+            step_fn = make_train_step(spec.model_def, tx, schedule, state_shardings=spec.shardings,
+                                      batch_sharding=bsh, grad_accum=cfg.train.grad_accum,
+                                      max_nonfinite=cfg.train.max_nonfinite)
+        check_process_rows(bsh, run.per_process * jax.process_count())
+        previewer = _Previewer(spec.model_def, spec)
+        last: dict = {"batch": None}
 
-    def next_batch() -> dict:
-        last["batch"] = to_global_batch(next(data), bsh)
-        return last["batch"]
+        def save(s: int, st, host: dict, force: bool) -> None:
+            ckpt.save(s, state_to_dict(st), data_state=gather_data_state(data),
+                      meta={**meta, "step": int(s), "loss": host.get("loss")}, force=force)
 
-    def previews(s: int, st, batch: dict, done: bool) -> None:
-        if cfg.train.image_every and s % cfg.train.image_every == 0 and not done:
-            logger.images(s, _tb_images(previewer(st, batch["image"])))
+        def next_batch() -> dict:
+            last["batch"] = to_global_batch(next(data), bsh)
+            return last["batch"]
 
-    try:
-        result = run_steps(cfg, state, step_fn, start=start, next_batch=next_batch, save=save, ckpt=ckpt,
+        def previews(s: int, st, batch: dict, done: bool) -> None:
+            if cfg.train.image_every and s % cfg.train.image_every == 0 and not done:
+                logger.images(s, _tb_images(previewer(st, batch["image"])))
+
+        result = run_steps(cfg, run.state, step_fn, start=run.start, next_batch=next_batch, save=save, ckpt=ckpt,
                            logger=logger, mesh=mesh, rules=spec.rules, on_step=previews)
-    finally:
         ckpt.wait()
-        data.close()
+        summary = _finish(cfg, workdir, result, last["batch"], previewer, logger, ckpt, resumed_from,
+                          num_params, t_start, params_digest, read_metrics, main)
+    if main:
+        (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def _finish(cfg, workdir, result, batch, previewer, logger, ckpt, resumed_from, num_params, t_start,
+            params_digest, read_metrics, main) -> dict:
+    """The summary of a finished run, with the last reconstructions and the loss curve (process 0 writes)."""
     state, step, host, stopped, compile_s = result.state, result.step, result.host, result.stopped, result.compile_s
-    first_loss, batch = result.first_loss, last["batch"]
+    first_loss = result.first_loss
     exit_code = stopped.exit_code if stopped is not None else 0
     last_dir = ckpt.directory / str(step)
     if stopped is not None:
@@ -238,7 +205,4 @@ def pretrain(cfg: Config, workdir, *, restart: bool = False, progress: bool = Tr
                 summary["loss_png"] = save_loss_curve(workdir / "loss.png", [r["step"] for r in records],
                                                       [r["loss"] for r in records], title=f"{cfg.name}: MAE loss")
                 summary["first_loss"] = records[0]["loss"]
-    logger.close()
-    if main:
-        (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
