@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 _SUFFIXES = (".nii.gz", ".nii")
+_SURFACE_WORDS = {"voxels": "boundary voxels counted", "area": "surface elements weighted by area"}
 
 
 def register(sub) -> None:
@@ -12,13 +13,22 @@ def register(sub) -> None:
         description="Match predictions to references by file name (.nii/.nii.gz), check that shapes and affines "
         "agree, and report per-case and mean Dice, 95th-percentile Hausdorff distance (mm, from the header "
         "spacing) and normalised surface Dice. HD95 is infinite when exactly one of prediction and reference is "
-        "empty for a label; it is printed as 'inf' and written as null with \"hd95_infinite\": true in --json.",
+        "empty for a label; it is printed as 'inf' and written as null with \"hd95_infinite\": true in --json. "
+        "A label empty in both prediction and reference scores per --empty; NSD counts boundary voxels or weighs "
+        "surface elements by area per --nsd-surface. The output states both choices.",
     )
     p.add_argument("--pred", required=True, metavar="DIR", help="folder of predicted label maps")
     p.add_argument("--ref", required=True, metavar="DIR", help="folder of reference label maps (same file names)")
     p.add_argument("--labels", default=None, metavar="L1,L2,...",
                    help="labels to score (default: every non-zero label found in the references)")
     p.add_argument("--tolerance-mm", type=float, default=1.0, metavar="T", help="NSD tolerance in mm (default 1)")
+    p.add_argument("--empty", choices=("perfect", "nan"), default="perfect",
+                   help="a label empty in both prediction and reference: 'perfect' scores Dice 1, HD95 0, NSD 1 and "
+                   "counts it in the means (default); 'nan' scores NaN and leaves it out of the means (MONAI "
+                   "ignore_empty, Metrics Reloaded)")
+    p.add_argument("--nsd-surface", choices=("voxels", "area"), default="voxels",
+                   help="NSD definition: 'voxels' counts boundary voxels (default); 'area' weighs surface elements "
+                   "by their area in mm^2, as DeepMind's surface-distance package and MONAI use_subvoxels=True")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.set_defaults(func=run)
 
@@ -98,6 +108,7 @@ def _fmt(v: float) -> str:
 
 def run(args) -> int:
     import json
+    import math
 
     import numpy as np
 
@@ -107,16 +118,17 @@ def run(args) -> int:
     from medjax.evaluation.segmentation import foreground_labels
 
     labels = _parse_labels(args.labels)
-    if not args.tolerance_mm >= 0:
+    if not (math.isfinite(args.tolerance_mm) and args.tolerance_mm >= 0):
         from medjax.errors import ConfigError
 
-        raise ConfigError(f"--tolerance-mm {args.tolerance_mm}: must be >= 0 millimetres")
+        raise ConfigError(f"--tolerance-mm {args.tolerance_mm}: must be a finite distance >= 0 millimetres")
     pairs = _pairs(args.pred, args.ref)
     if labels is None:
         labels = foreground_labels(*(_read_labels(ref)[0] for _, _, ref in pairs))
         if not labels:
             raise DataError(args.ref, "the references hold no non-zero label; give --labels to score anyway")
-    acc = SegmentationAccumulator(labels, tolerance_mm=args.tolerance_mm)
+    acc = SegmentationAccumulator(labels, tolerance_mm=args.tolerance_mm, surface=args.nsd_surface,
+                                  empty=args.empty)
     for name, pred_path, ref_path in pairs:
         pred, pred_aff = _read_labels(pred_path)
         ref, ref_aff = _read_labels(ref_path)
@@ -131,16 +143,19 @@ def run(args) -> int:
     rows = acc.per_case()
     agg = acc.aggregate()
     mean = {"dice": agg["dice"], "hd95": agg["hd95"], "nsd": agg["nsd"], "n_cases": agg["n_cases"],
-            "n_hd95_infinite": agg["counts"]["hd95"]["n_inf"]}
+            "n_hd95_infinite": agg["counts"]["hd95"]["n_inf"], "n_both_empty_excluded": agg["counts"]["dice"]["n_nan"]}
     if args.json:
         out = {
             "cases": rows,
             "mean": mean,
             "per_label": {lab: {"dice": s["dice"], "hd95": s["hd95"], "nsd": s["nsd"],
-                                "n_hd95_infinite": s["counts"]["hd95"]["n_inf"]}
+                                "n_hd95_infinite": s["counts"]["hd95"]["n_inf"],
+                                "n_both_empty_excluded": s["counts"]["dice"]["n_nan"]}
                           for lab, s in agg["per_label"].items()},
             "labels": labels,
             "tolerance_mm": args.tolerance_mm,
+            "empty": args.empty,
+            "nsd_surface": args.nsd_surface,
         }
         print(json.dumps(json_safe(out), allow_nan=False))
         return 0
@@ -153,6 +168,11 @@ def run(args) -> int:
         print(f"{'mean':<{width}}  {lab:>5}  {_fmt(s['dice']):>8}  {_fmt(s['hd95']):>8}  {_fmt(s['nsd']):>8}")
     print(f"{'mean':<{width}}  {'all':>5}  {_fmt(mean['dice']):>8}  {_fmt(mean['hd95']):>8}  "
           f"{_fmt(mean['nsd']):>8}")
-    print(f"{mean['n_cases']} case(s), labels {labels}, NSD tolerance {args.tolerance_mm} mm; "
+    print(f"{mean['n_cases']} case(s), labels {labels}, NSD tolerance {args.tolerance_mm} mm, NSD surface "
+          f"'{args.nsd_surface}' ({_SURFACE_WORDS[args.nsd_surface]}); "
           f"{mean['n_hd95_infinite']} infinite HD95 value(s) (one mask empty) left out of the HD95 mean")
+    print(f"both-empty convention '{args.empty}': " + (
+        "a label empty in prediction and reference scores Dice 1, HD95 0, NSD 1 and counts in the means"
+        if args.empty == "perfect" else
+        f"{mean['n_both_empty_excluded']} case-label(s) empty in both scored NaN and left out of the means"))
     return 0

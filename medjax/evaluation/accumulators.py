@@ -5,8 +5,9 @@ Each accumulator wraps the pure functions of :mod:`~medjax.evaluation.segmentati
 ``update(...)`` per case or batch, ``per_case()`` rows, ``aggregate()`` summary, ``reset()``.
 
 Aggregation of segmentation metrics: the mean over the finite values only (``inf`` if all are infinite); each
-summary reports how many values were finite (``n``) and how many were infinite or NaN (``n_inf``, ``n_nan``; an
-infinite HD95 means exactly one of prediction and reference was empty). :func:`json_safe` turns non-finite floats into ``null`` for JSON and adds
+summary reports how many values were finite (``n``) and how many were left out as infinite or NaN (``n_inf``,
+``n_nan``; an infinite HD95 means exactly one of prediction and reference was empty; NaN means both were empty
+under the ``empty="nan"`` convention, see :mod:`~medjax.evaluation.segmentation`). :func:`json_safe` turns non-finite floats into ``null`` for JSON and adds
 a ``<key>_infinite`` flag next to infinite values so they stay distinguishable from NaN.
 """
 
@@ -84,12 +85,19 @@ class SegmentationAccumulator:
       labels: label values to score; None scores the non-zero labels present in each case's reference (a label
         absent from a reference but present in the prediction is then not scored for that case: pass ``labels``
         to score false-positive structures).
-      tolerance_mm: NSD tolerance in mm.
+      tolerance_mm: NSD tolerance in mm (finite, ``>= 0``).
+      surface: NSD definition, ``"voxels"`` (boundary-voxel count) or ``"area"`` (surface elements weighted by
+        area, DeepMind ``surface-distance``).
+      empty: a label empty in both prediction and reference scores ``"perfect"`` (Dice 1, HD95 0, NSD 1, counted
+        in the means) or ``"nan"`` (NaN, left out of the means and counted in ``n_nan``).
     """
 
-    def __init__(self, labels: Sequence[int] | None = None, tolerance_mm: float = 1.0):
+    def __init__(self, labels: Sequence[int] | None = None, tolerance_mm: float = 1.0, *, surface: str = "voxels",
+                 empty: str = "perfect"):
         self.labels = None if labels is None else [int(v) for v in labels]
-        self.tolerance_mm = float(tolerance_mm)
+        self.tolerance_mm = _seg.check_tolerance(tolerance_mm)
+        self.surface = _seg.check_surface(surface)
+        self.empty = _seg.check_empty(empty)
         self.reset()
 
     def reset(self) -> None:
@@ -118,9 +126,9 @@ class SegmentationAccumulator:
             rows.append({
                 "case": case,
                 "label": int(lab),
-                "dice": _seg.dice(pm, rm),
-                "hd95": _seg.hd95(pm, rm, spacing),
-                "nsd": _seg.nsd(pm, rm, spacing, self.tolerance_mm),
+                "dice": _seg.dice(pm, rm, empty=self.empty),
+                "hd95": _seg.hd95(pm, rm, spacing, empty=self.empty),
+                "nsd": _seg.nsd(pm, rm, spacing, self.tolerance_mm, surface=self.surface, empty=self.empty),
             })
         self._rows.extend(rows)
         return rows
@@ -134,7 +142,8 @@ class SegmentationAccumulator:
 
         Returns:
           ``{"dice": mean, "hd95": mean, "nsd": mean, "counts": {metric: {"n", "n_inf", "n_nan"}},
-          "n_cases": int, "per_label": {label: {"dice", "hd95", "nsd", "counts"}}}``; means skip inf/NaN.
+          "n_cases": int, "per_label": {label: {"dice", "hd95", "nsd", "counts"}}, "empty": convention,
+          "nsd_surface": definition, "tolerance_mm": float}``; means skip inf/NaN (the counts say how many).
         """
 
         def summary(rows):
@@ -150,6 +159,7 @@ class SegmentationAccumulator:
         result["n_cases"] = len({r["case"] for r in self._rows})
         labels = sorted({r["label"] for r in self._rows})
         result["per_label"] = {lab: summary([r for r in self._rows if r["label"] == lab]) for lab in labels}
+        result.update(empty=self.empty, nsd_surface=self.surface, tolerance_mm=self.tolerance_mm)
         return result
 
 

@@ -13,19 +13,32 @@ Definitions (MONAI ``metrics/utils.py`` ``get_mask_edges``/``get_surface_distanc
   ``sampling=spacing``). Exact for orthogonal voxel axes (any rotation of the grid); for a sheared affine the
   column norms of the affine only approximate the geometry.
 - **HD95** = max of the two directed 95th percentiles (``numpy.percentile``, linear interpolation).
-- **NSD** at tolerance ``tau`` mm = (surface voxels of pred within ``tau`` of ref's surface + surface voxels of ref
-  within ``tau`` of pred's surface) / (all surface voxels of both); "within" is ``<=``.
+- **NSD** (normalised surface Dice) at tolerance ``tau`` mm, two definitions (``surface=``):
 
-Empty masks (defined here, tested):
+  - ``"voxels"`` (default): (surface voxels of pred within ``tau`` of ref's surface + surface voxels of ref within
+    ``tau`` of pred's surface) / (all surface voxels of both); "within" is ``<=``. Every boundary voxel weighs
+    the same (MONAI ``compute_surface_dice`` with ``use_subvoxels=False``).
+  - ``"area"``: the same ratio with every surface element weighted by its area (2D: length) in mm², on the
+    surface between voxel centres of :mod:`medjax.evaluation.surface_area`, distances between those elements.
+    This is the definition of DeepMind's ``surface-distance`` package (``compute_surface_dice_at_tolerance``),
+    which most published NSD values use, and of MONAI's ``use_subvoxels=True``; with anisotropic voxels the two
+    definitions differ, because a boundary voxel's face area depends on its direction.
 
-=====================  ======  ===========  =====
-case                   dice    hd95         nsd
-=====================  ======  ===========  =====
-both empty             1.0     0.0          1.0
-exactly one empty      0.0     ``inf``      0.0
-=====================  ======  ===========  =====
+Empty masks. Both masks empty is a convention, chosen with ``empty=``:
 
-``inf`` stays a Python float here; JSON writers turn it into ``null`` plus a flag
+======================  ======  ===========  =====
+case                    dice    hd95         nsd
+======================  ======  ===========  =====
+both empty, "perfect"   1.0     0.0          1.0
+both empty, "nan"       NaN     NaN          NaN
+exactly one empty       0.0     ``inf``      0.0
+======================  ======  ===========  =====
+
+``"perfect"`` (default) scores an absent structure that is correctly not predicted as a perfect match, so it
+counts in means; ``"nan"`` marks it undefined so that means leave it out (MONAI's ``ignore_empty=True`` and the
+Metrics Reloaded recommendations). MONAI differs where exactly one mask is empty: its Dice with
+``ignore_empty=True`` is NaN whenever the reference is empty, and its Hausdorff distance is NaN where medjax
+reports ``inf``. ``inf`` stays a Python float here; JSON writers turn it into ``null`` plus a flag
 (:func:`medjax.evaluation.accumulators.json_safe`).
 """
 
@@ -33,10 +46,23 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
+import math
+import numbers
+
 import numpy as np
 from scipy import ndimage
 
+from medjax.evaluation import surface_area as _sa
+
+EMPTY_CONVENTIONS = ("perfect", "nan")
+SURFACES = ("voxels", "area")
+
 __all__ = [
+    "EMPTY_CONVENTIONS",
+    "SURFACES",
+    "check_empty",
+    "check_surface",
+    "check_tolerance",
     "dice",
     "surface_voxels",
     "surface_distances",
@@ -75,15 +101,43 @@ def _spacing(spacing, ndim: int) -> tuple[float, ...]:
     return s
 
 
-def dice(pred, ref) -> float:
+def check_empty(empty: str) -> str:
+    """``empty`` if it names a convention for two empty masks (``"perfect"`` or ``"nan"``), else ValueError."""
+    if empty not in EMPTY_CONVENTIONS:
+        raise ValueError(f"empty={empty!r}: use 'perfect' (both masks empty scores as a perfect match) or 'nan' "
+                         "(undefined, left out of means)")
+    return empty
+
+
+def check_surface(surface: str) -> str:
+    """``surface`` if it names an NSD surface definition (``"voxels"`` or ``"area"``), else ValueError."""
+    if surface not in SURFACES:
+        raise ValueError(f"surface={surface!r}: use 'voxels' (boundary voxels count equally) or 'area' (surface "
+                         "elements weighted by area, as DeepMind's surface-distance)")
+    return surface
+
+
+def check_tolerance(tolerance_mm) -> float:
+    """The NSD tolerance as a float if it is a finite number ``>= 0`` (mm), else ValueError."""
+    if isinstance(tolerance_mm, (bool, np.bool_)) or not isinstance(tolerance_mm, numbers.Real):
+        raise ValueError(f"tolerance_mm={tolerance_mm!r}: expected a number of millimetres >= 0")
+    t = float(tolerance_mm)
+    if not math.isfinite(t) or t < 0:
+        raise ValueError(f"tolerance_mm={t}: must be a finite distance >= 0 millimetres")
+    return t
+
+
+def dice(pred, ref, *, empty: str = "perfect") -> float:
     """Dice overlap ``2|P∩R| / (|P|+|R|)`` of two binary masks of the same shape (non-zero = foreground).
 
-    Returns 1.0 when both masks are empty, 0.0 when exactly one is.
+    Returns 0.0 when exactly one mask is empty; when both are, 1.0 with ``empty="perfect"`` and NaN with
+    ``empty="nan"`` (module docstring).
     """
+    check_empty(empty)
     p, r = _pair(pred, ref)
     denom = int(p.sum()) + int(r.sum())
     if denom == 0:
-        return 1.0
+        return 1.0 if empty == "perfect" else float("nan")
     return 2.0 * int(np.logical_and(p, r).sum()) / denom
 
 
@@ -133,52 +187,77 @@ def surface_distances(pred, ref, spacing=None) -> tuple[np.ndarray, np.ndarray]:
     return dist_to_r[sp].astype(np.float64), dist_to_p[sr].astype(np.float64)
 
 
-def _empty_case(p: np.ndarray, r: np.ndarray, both: float, one: float) -> float | None:
+def _empty_case(p: np.ndarray, r: np.ndarray, both: float, one: float, empty: str) -> float | None:
     pe, re_ = not p.any(), not r.any()
     if pe and re_:
-        return both
+        return both if check_empty(empty) == "perfect" else float("nan")
     if pe or re_:
         return one
     return None
 
 
-def hausdorff(pred, ref, spacing=None, percentile: float = 100.0) -> float:
+def hausdorff(pred, ref, spacing=None, percentile: float = 100.0, *, empty: str = "perfect") -> float:
     """Symmetric (percentile) Hausdorff distance in mm: max of the two directed ``percentile``-th percentiles.
 
-    ``percentile=100`` is the classic Hausdorff distance, 95 is HD95. Both empty: 0.0; exactly one empty: ``inf``.
+    ``percentile=100`` is the classic Hausdorff distance, 95 is HD95. Exactly one empty: ``inf``; both empty: 0.0
+    with ``empty="perfect"``, NaN with ``empty="nan"``.
     """
+    check_empty(empty)
     p, r = _pair(pred, ref)
-    special = _empty_case(p, r, 0.0, float("inf"))
+    special = _empty_case(p, r, 0.0, float("inf"), empty)
     if special is not None:
         return special
     d_pr, d_rp = surface_distances(p, r, spacing)
     return float(max(np.percentile(d_pr, percentile), np.percentile(d_rp, percentile)))
 
 
-def hd95(pred, ref, spacing=None) -> float:
-    """95th-percentile Hausdorff distance in mm (see :func:`hausdorff`). Both empty: 0.0; one empty: ``inf``."""
-    return hausdorff(pred, ref, spacing, 95.0)
+def hd95(pred, ref, spacing=None, *, empty: str = "perfect") -> float:
+    """95th-percentile Hausdorff distance in mm (see :func:`hausdorff`). One empty: ``inf``; both empty: 0.0
+    (``empty="perfect"``) or NaN (``empty="nan"``)."""
+    return hausdorff(pred, ref, spacing, 95.0, empty=empty)
 
 
-def nsd(pred, ref, spacing=None, tolerance_mm: float = 1.0) -> float:
+def nsd(pred, ref, spacing=None, tolerance_mm: float = 1.0, *, surface: str = "voxels",
+        empty: str = "perfect") -> float:
     """Normalised surface Dice at ``tolerance_mm``: fraction of both surfaces within the tolerance of the other.
 
     Args:
       pred, ref: binary masks ``(X, Y)`` or ``(X, Y, Z)``.
       spacing: voxel size in mm per array axis.
-      tolerance_mm: distance (mm) at or below which a surface voxel counts as matched.
+      tolerance_mm: distance (mm, finite, ``>= 0``) at or below which a surface element counts as matched.
+      surface: ``"voxels"`` counts boundary voxels; ``"area"`` weights surface elements by their area
+        (DeepMind ``surface-distance``; see the module docstring).
+      empty: convention when both masks are empty: ``"perfect"`` gives 1.0, ``"nan"`` gives NaN.
     Returns:
-      a float in [0, 1]; both empty: 1.0; exactly one empty: 0.0.
+      a float in [0, 1]; exactly one empty: 0.0.
+    Raises:
+      ValueError for a tolerance that is not a finite number >= 0, or an unknown ``surface``/``empty``.
     """
-    if tolerance_mm < 0:
-        raise ValueError(f"tolerance_mm must be >= 0, got {tolerance_mm}")
+    tol = check_tolerance(tolerance_mm)
+    check_surface(surface)
+    check_empty(empty)
     p, r = _pair(pred, ref)
-    special = _empty_case(p, r, 1.0, 0.0)
+    special = _empty_case(p, r, 1.0, 0.0, empty)
     if special is not None:
         return special
+    if surface == "area":
+        return _nsd_area(p, r, _spacing(spacing, p.ndim), tol)
     d_pr, d_rp = surface_distances(p, r, spacing)
-    good = int((d_pr <= tolerance_mm).sum()) + int((d_rp <= tolerance_mm).sum())
+    good = int((d_pr <= tol).sum()) + int((d_rp <= tol).sum())
     return good / (d_pr.size + d_rp.size)
+
+
+def _nsd_area(p: np.ndarray, r: np.ndarray, spacing: tuple[float, ...], tol: float) -> float:
+    """Area-weighted NSD of two non-empty masks (surface elements between voxel centres)."""
+    box = _crop_box(p, r)
+    measure = _sa.element_measures(spacing)
+    codes_p, surf_p = _sa.surface_elements(p[box])
+    codes_r, surf_r = _sa.surface_elements(r[box])
+    dist_to_r = ndimage.distance_transform_edt(~surf_r, sampling=spacing)
+    dist_to_p = ndimage.distance_transform_edt(~surf_p, sampling=spacing)
+    area_p, area_r = measure[codes_p[surf_p]], measure[codes_r[surf_r]]
+    good = area_p[dist_to_r[surf_p] <= tol].sum() + area_r[dist_to_p[surf_r] <= tol].sum()
+    return float(good / (area_p.sum() + area_r.sum()))
 
 
 def per_label(fn: Callable[..., float], pred, ref, labels: Iterable[int], **kwargs) -> dict[int, float]:

@@ -63,6 +63,39 @@ def test_segmentation_accumulator_default_labels_from_reference():
     assert acc.update(pred, ref)[0]["case"] == "1"
 
 
+def test_segmentation_accumulator_empty_convention_and_surface():
+    # case a: label 1 shifted (scored in both conventions), label 2 absent from prediction and reference
+    ref = _label_map((8, 8, 8), [(1, (1, 1, 1), 3)])
+    pred = _label_map((8, 8, 8), [(1, (2, 1, 1), 3)])
+    spacing = (0.8, 1.0, 2.5)
+    perfect = A.SegmentationAccumulator(labels=[1, 2], tolerance_mm=0.5)
+    nan = A.SegmentationAccumulator(labels=[1, 2], tolerance_mm=0.5, empty="nan", surface="area")
+    for acc in (perfect, nan):
+        acc.update(pred, ref, spacing, case_id="a")
+        acc.update(ref, ref, spacing, case_id="b")
+    p_agg, n_agg = perfect.aggregate(), nan.aggregate()
+    d1 = seg.dice(pred == 1, ref == 1)
+    # "perfect": the two empty label-2 rows count as Dice 1 in the mean of 4 rows
+    assert p_agg["dice"] == pytest.approx((d1 + 1 + 1 + 1) / 4)
+    assert p_agg["counts"]["dice"] == {"n": 4, "n_inf": 0, "n_nan": 0}
+    assert p_agg["empty"] == "perfect" and p_agg["nsd_surface"] == "voxels" and p_agg["tolerance_mm"] == 0.5
+    # "nan": they are NaN, left out of the mean of the 2 scored rows, and counted
+    assert n_agg["dice"] == pytest.approx((d1 + 1) / 2)
+    for m in ("dice", "hd95", "nsd"):
+        assert n_agg["counts"][m] == {"n": 2, "n_inf": 0, "n_nan": 2}
+    assert math.isnan(n_agg["per_label"][2]["dice"]) and n_agg["per_label"][2]["counts"]["dice"]["n_nan"] == 2
+    assert n_agg["empty"] == "nan" and n_agg["nsd_surface"] == "area"
+    rows = {(r["case"], r["label"]): r for r in nan.per_case()}
+    assert rows[("a", 1)]["nsd"] == pytest.approx(seg.nsd(pred == 1, ref == 1, spacing, 0.5, surface="area"))
+    assert rows[("a", 1)]["nsd"] != pytest.approx(perfect.per_case()[0]["nsd"])
+    with pytest.raises(ValueError, match="tolerance_mm"):
+        A.SegmentationAccumulator(tolerance_mm=float("nan"))
+    with pytest.raises(ValueError, match="empty="):
+        A.SegmentationAccumulator(empty="skip")
+    with pytest.raises(ValueError, match="surface="):
+        A.SegmentationAccumulator(surface="triangles")
+
+
 def test_classification_accumulator_equals_functions():
     rng = np.random.default_rng(1)
     scores = rng.random((20, 3))

@@ -65,7 +65,9 @@ def test_json_scores(folders, capsys):
     assert mean["n_hd95_infinite"] == 1 and mean["n_cases"] == 2
     assert out["per_label"]["1"]["dice"] == pytest.approx((1 / 3 + 1) / 2)
     # label 2: finite HD95 0 in case1, infinite in case2 -> mean over the finite one, one infinite counted
-    assert out["per_label"]["2"] == {"dice": 0.5, "hd95": 0.0, "nsd": 0.5, "n_hd95_infinite": 1}
+    assert out["per_label"]["2"] == {"dice": 0.5, "hd95": 0.0, "nsd": 0.5, "n_hd95_infinite": 1,
+                                     "n_both_empty_excluded": 0}
+    assert out["empty"] == "perfect" and out["nsd_surface"] == "voxels"  # the defaults, stated
 
 
 def test_labels_option_and_table(folders, capsys):
@@ -138,3 +140,38 @@ def test_trailing_channel_axis_is_dropped(tmp_path, capsys):
     _write(pred / "v.nii.gz", _cube((4, 2, 2), 3)[..., None])
     out = _json(capsys, "--pred", str(pred), "--ref", str(ref))
     assert out["cases"][0]["hd95"] == pytest.approx(3.0) and out["cases"][0]["dice"] == pytest.approx(1 / 3)
+
+
+def test_empty_convention_and_nsd_surface_flags(folders, capsys):
+    pred, ref = folders
+    # label 3 is in no file: empty in prediction and reference of both cases
+    args = ["--pred", str(pred), "--ref", str(ref), "--labels", "1,3"]
+    perfect = _json(capsys, *args)
+    rows = {(c["case"], c["label"]): c for c in perfect["cases"]}
+    assert rows[("case1.nii.gz", 3)] == {"case": "case1.nii.gz", "label": 3, "dice": 1.0, "hd95": 0.0, "nsd": 1.0}
+    assert perfect["mean"]["dice"] == pytest.approx((1 / 3 + 1 + 1 + 1) / 4)
+    nan = _json(capsys, *args, "--empty", "nan")
+    assert nan["empty"] == "nan"
+    rows = {(c["case"], c["label"]): c for c in nan["cases"]}
+    assert rows[("case2.nii", 3)] == {"case": "case2.nii", "label": 3, "dice": None, "hd95": None, "nsd": None}
+    assert nan["mean"]["dice"] == pytest.approx((1 / 3 + 1) / 2)  # the two both-empty rows left out
+    assert nan["mean"]["n_both_empty_excluded"] == 2 and nan["per_label"]["3"]["n_both_empty_excluded"] == 2
+    area = _json(capsys, *args, "--nsd-surface", "area", "--tolerance-mm", "1.5")
+    assert area["nsd_surface"] == "area"
+    from medjax.evaluation.segmentation import nsd
+
+    p1 = nib.load(str(pred / "case1.nii.gz")).get_fdata() == 1
+    r1 = nib.load(str(ref / "case1.nii.gz")).get_fdata() == 1
+    case1 = {(c["case"], c["label"]): c for c in area["cases"]}[("case1.nii.gz", 1)]
+    assert case1["nsd"] == pytest.approx(nsd(p1, r1, (1.5, 1.0, 3.0), 1.5, surface="area"))
+    assert case1["nsd"] != pytest.approx(34 / 52)  # the boundary-voxel value
+    assert main(["evaluate-seg", *args, "--empty", "nan", "--nsd-surface", "area"]) == 0
+    text = capsys.readouterr().out
+    assert "both-empty convention 'nan'" in text and "2 case-label(s) empty in both" in text
+    assert "NSD surface 'area' (surface elements weighted by area)" in text
+    assert main(["evaluate-seg", "--pred", str(pred), "--ref", str(ref)]) == 0
+    text = capsys.readouterr().out
+    assert "both-empty convention 'perfect'" in text and "NSD surface 'voxels'" in text
+    for bad in ("nan", "inf", "-1"):
+        assert main(["evaluate-seg", "--pred", str(pred), "--ref", str(ref), "--tolerance-mm", bad]) == 2
+        assert "--tolerance-mm" in capsys.readouterr().err

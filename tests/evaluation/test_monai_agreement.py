@@ -13,6 +13,7 @@ from medjax.evaluation import detection as det
 
 metrics = pytest.importorskip("monai.metrics")
 torch = pytest.importorskip("torch")
+pytestmark = pytest.mark.filterwarnings("ignore:.*always_return_as_numpy.*:FutureWarning")
 
 
 def test_froc_matches_monai_compute_froc_score_on_random_curves():
@@ -32,3 +33,82 @@ def test_froc_matches_monai_compute_froc_score_on_random_curves():
         assert float(np.mean(ours)) == pytest.approx(ref_score, abs=1e-12), trial
         for r, v in zip(rates, ours):
             assert v == pytest.approx(float(metrics.compute_froc_score(m_fps, m_sens, (r,))), abs=1e-12), (trial, r)
+
+
+# ------------------------------------------------------------------------------------------------- segmentation
+from medjax.evaluation import segmentation as seg  # noqa: E402
+from medjax.evaluation import surface_area  # noqa: E402
+
+
+def _onehot(mask) -> "torch.Tensor":
+    """(X, Y[, Z]) bool -> MONAI's (1, 2, X, Y[, Z]) one-hot batch (background, foreground)."""
+    t = torch.as_tensor(np.asarray(mask, dtype=np.float32))
+    return torch.stack([1 - t, t])[None]
+
+
+def _random_pairs(n, seed=0):
+    from scipy import ndimage
+
+    rng = np.random.default_rng(seed)
+    out = []
+    while len(out) < n:
+        nd = 3 if len(out) % 3 else 2
+        shape = tuple(int(v) for v in rng.integers(6, 13, size=nd))
+        p = ndimage.binary_opening(rng.random(shape) < 0.55)
+        r = ndimage.binary_opening(rng.random(shape) < 0.55)
+        if p.any() and r.any():
+            out.append((p, r, tuple(float(v) for v in rng.uniform(0.4, 3.0, nd)), float(rng.uniform(0, 4))))
+    return out
+
+
+def test_dice_hausdorff_nsd_match_monai_on_random_masks():
+    """Masks touch the array border; anisotropic spacing; 2D and 3D."""
+    for i, (p, r, sp, tol) in enumerate(_random_pairs(24)):
+        P, R = _onehot(p), _onehot(r)
+        assert seg.dice(p, r) == pytest.approx(float(metrics.compute_dice(P, R, include_background=False)), abs=1e-6)
+        for pct, ours in ((None, seg.hausdorff(p, r, sp)), (95, seg.hd95(p, r, sp))):
+            theirs = float(metrics.compute_hausdorff_distance(P, R, percentile=pct, spacing=sp))
+            assert ours == pytest.approx(theirs, rel=1e-6, abs=1e-6), (i, pct)
+        for surface, sub in (("voxels", False), ("area", True)):
+            theirs = float(metrics.compute_surface_dice(P, R, [tol], spacing=sp, use_subvoxels=sub))
+            assert seg.nsd(p, r, sp, tol, surface=surface) == pytest.approx(theirs, abs=1e-6), (i, surface)
+
+
+def test_surface_element_tables_match_monai():
+    from monai.metrics.utils import get_code_to_measure_table
+
+    for sp in ((1.0, 1.0, 1.0), (0.7, 1.9, 3.1), (2.5, 0.5, 1.0), (1.0, 1.0), (0.3, 2.2)):
+        theirs = get_code_to_measure_table(sp)[0].numpy().astype(np.float64)
+        nd = len(sp)
+        n_corners = 2**nd
+        # MONAI's corner weights run the other way round (the first corner is the highest bit)
+        reverse = [sum(1 << b for b in range(n_corners) if c & (1 << (n_corners - 1 - b))) for c in range(2**n_corners)]
+        ours = surface_area.element_measures(sp)[reverse]
+        np.testing.assert_allclose(ours, theirs, rtol=2e-6, atol=1e-6, err_msg=str(sp))
+
+
+def test_empty_mask_conventions_against_monai():
+    z = np.zeros((6, 6, 6), bool)
+    a = z.copy()
+    a[2:4, 2:4, 2:4] = True
+    Z, A = _onehot(z), _onehot(a)
+    with pytest.warns(UserWarning):
+        # both empty: MONAI's ignore_empty / NaN results equal medjax's empty="nan"; ignore_empty=False is "perfect"
+        assert np.isnan(float(metrics.compute_dice(Z, Z, include_background=False, ignore_empty=True)))
+        assert np.isnan(seg.dice(z, z, empty="nan"))
+        assert float(metrics.compute_dice(Z, Z, include_background=False, ignore_empty=False)) == seg.dice(z, z)
+        assert np.isnan(float(metrics.compute_hausdorff_distance(Z, Z, percentile=95)))
+        assert np.isnan(seg.hd95(z, z, empty="nan"))
+        for sub, surface in ((False, "voxels"), (True, "area")):
+            assert np.isnan(float(metrics.compute_surface_dice(Z, Z, [1.0], use_subvoxels=sub)))
+            assert np.isnan(seg.nsd(z, z, surface=surface, empty="nan"))
+            # one empty: NSD 0 in both
+            assert float(metrics.compute_surface_dice(Z, A, [1.0], use_subvoxels=sub)) == 0.0
+            assert seg.nsd(z, a, surface=surface, empty="nan") == 0.0
+        # one empty, documented differences: MONAI's ignore_empty Dice is NaN for an empty reference (medjax 0)
+        # and its Hausdorff distance is NaN (medjax inf)
+        assert np.isnan(float(metrics.compute_dice(A, Z, include_background=False, ignore_empty=True)))
+        assert seg.dice(a, z, empty="nan") == 0.0
+        assert float(metrics.compute_dice(Z, A, include_background=False, ignore_empty=True)) == 0.0
+        assert np.isnan(float(metrics.compute_hausdorff_distance(Z, A, percentile=95)))
+        assert np.isinf(seg.hd95(z, a))

@@ -182,3 +182,110 @@ def test_real_brain_mask_shifted_by_one_voxel():
     assert seg.nsd(mask, shifted, spacing, 1.9) < 1.0
     overlap = np.logical_and(mask, shifted).sum()
     assert seg.dice(mask, shifted) == pytest.approx(overlap / mask.sum())
+
+
+@pytest.mark.parametrize("bad", [float("nan"), -0.5, float("inf"), "1", None, True, [1.0]])
+def test_nsd_rejects_invalid_tolerance(bad):
+    with pytest.raises(ValueError, match="tolerance_mm"):
+        seg.nsd(PRED_X, REF_X, 1.0, bad)
+    with pytest.raises(ValueError, match="tolerance_mm"):
+        seg.nsd(PRED_X, REF_X, 1.0, bad, surface="area")
+    assert seg.nsd(PRED_X, REF_X, 1.0, np.float32(0.0)) == pytest.approx(18 / 52)  # numpy numbers are fine
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_empty_convention_nan(ndim):
+    shape = (6,) * ndim
+    empty = np.zeros(shape, bool)
+    full = _cube(shape, (1,) * ndim)
+    # both empty: undefined under "nan"
+    assert math.isnan(seg.dice(empty, empty, empty="nan"))
+    assert math.isnan(seg.hd95(empty, empty, 1.0, empty="nan"))
+    assert math.isnan(seg.hausdorff(empty, empty, 1.0, empty="nan"))
+    for surface in seg.SURFACES:
+        assert math.isnan(seg.nsd(empty, empty, 1.0, 1.0, surface=surface, empty="nan"))
+        assert seg.nsd(empty, empty, 1.0, 1.0, surface=surface) == 1.0
+    # exactly one empty is the same under both conventions
+    for a, b in ((empty, full), (full, empty)):
+        assert seg.dice(a, b, empty="nan") == 0.0
+        assert math.isinf(seg.hd95(a, b, 1.0, empty="nan"))
+        assert seg.nsd(a, b, 1.0, 5.0, surface="area", empty="nan") == 0.0
+    # non-empty masks do not depend on the convention
+    assert seg.dice(full, full, empty="nan") == 1.0
+    with pytest.raises(ValueError, match="empty='zero'"):
+        seg.dice(empty, empty, empty="zero")
+    with pytest.raises(ValueError, match="empty="):
+        seg.hd95(full, full, empty="NaN")
+    with pytest.raises(ValueError, match="surface='mesh'"):
+        seg.nsd(full, full, surface="mesh")
+
+
+def _box(shape, lo, size):
+    m = np.zeros(shape, dtype=bool)
+    m[tuple(slice(a, a + n) for a, n in zip(lo, size))] = True
+    return m
+
+
+@pytest.mark.parametrize("spacing", [(1.0, 1.0, 1.0), (0.7, 1.9, 3.1)])
+def test_nsd_area_identical_masks_is_one(spacing):
+    rng = np.random.default_rng(3)
+    m = rng.random((9, 8, 7)) < 0.4
+    assert seg.nsd(m, m, spacing, 0.0, surface="area") == 1.0
+    assert seg.nsd(m[..., 3], m[..., 3], spacing[:2], 0.0, surface="area") == 1.0
+
+
+def test_nsd_area_shifted_rectangle_2d_analytic():
+    # An n x m rectangle of pixels; its contour runs through the 2x2 neighbourhoods between pixel centres:
+    # n-1 segments of length s0 along each side parallel to axis 0, m-1 of length s1 along the others, and four
+    # corner diagonals d = |s| / 2; total L = 4d + 2(n-1)s0 + 2(m-1)s1. Shifting by k pixels along axis 0, with a
+    # tolerance below the grid step, matches exactly the coinciding elements: on each of the two axis-0 sides
+    # n-k segments plus one corner, so NSD = 2((n-k)s0 + d) / L.
+    n, m, k, s = 6, 4, 2, (0.5, 2.0)
+    ref = _box((14, 10), (2, 3), (n, m))
+    pred = _box((14, 10), (2 + k, 3), (n, m))
+    d = 0.5 * math.hypot(*s)
+    total = 4 * d + 2 * (n - 1) * s[0] + 2 * (m - 1) * s[1]
+    expected = 2 * ((n - k) * s[0] + d) / total
+    assert seg.nsd(pred, ref, s, 0.1, surface="area") == pytest.approx(expected, rel=1e-12)
+    # boundary voxels weigh alike: 2n + 2(m-2) = 16 per rectangle, of which the 2(n-k) = 8 pixels of the two
+    # axis-0 sides inside the overlap are boundary pixels of both -> 8/16
+    assert seg.nsd(pred, ref, s, 0.1, surface="voxels") == pytest.approx(8 / 16)
+    assert abs(expected - 8 / 16) > 0.2
+
+
+def test_nsd_area_shifted_box_3d_analytic():
+    # An n x m x l box shifted by k voxels along axis 0; tolerance below the grid step. In the surface model the
+    # box has flat faces (one element per neighbourhood, area s_i s_j), edge strips (two inside corners: a strip
+    # of length s_a and width |(s_b, s_c)| / 2) and corner triangles (|(s1 s2, s0 s2, s0 s1)| / 8).
+    # A "ring" slice at an interior x position holds 2(l-1) faces s0 s2, 2(m-1) faces s0 s1 and 4 axis-0 edges;
+    # the two end slices hold their faces (m-1)(l-1) s1 s2, edges along axes 1 and 2, and 4 corners.
+    # Coinciding with the shifted box: the n-k interior rings from x = k - 1/2 on and the ring of the far end
+    # slice (edges and corners), on both boxes alike.
+    n, m, l, k = 5, 4, 3, 2
+    s0, s1, s2 = 0.8, 1.3, 2.6
+    ring_a = 2 * (l - 1) * s0 * s2 + 2 * (m - 1) * s0 * s1 + 4 * s0 * 0.5 * math.hypot(s1, s2)
+    corner = math.sqrt((s1 * s2) ** 2 + (s0 * s2) ** 2 + (s0 * s1) ** 2) / 8
+    ring_b = 2 * (m - 1) * s1 * 0.5 * math.hypot(s0, s2) + 2 * (l - 1) * s2 * 0.5 * math.hypot(s0, s1) + 4 * corner
+    end_faces = (m - 1) * (l - 1) * s1 * s2
+    total = (n - 1) * ring_a + 2 * (ring_b + end_faces)
+    expected = ((n - k) * ring_a + ring_b) / total
+    ref = _box((12, 8, 7), (2, 2, 2), (n, m, l))
+    pred = _box((12, 8, 7), (2 + k, 2, 2), (n, m, l))
+    got = seg.nsd(pred, ref, (s0, s1, s2), 0.2, surface="area")
+    assert got == pytest.approx(expected, rel=1e-12)
+    assert abs(got - seg.nsd(pred, ref, (s0, s1, s2), 0.2, surface="voxels")) > 0.05
+
+
+def test_nsd_area_differs_from_voxels_only_through_anisotropy():
+    # a sphere against a copy shifted one voxel: at isotropic spacing both definitions are close; stretching
+    # axis 2 changes the element areas (faces normal to axis 2 grow less than those along it), so area
+    # weighting moves the score while the voxel count barely moves.
+    g = np.indices((21, 21, 21)) - 10
+    ball = (g ** 2).sum(0) <= 36
+    moved = np.roll(ball, 1, axis=0)
+    iso_a = seg.nsd(ball, moved, (1.0, 1.0, 1.0), 0.5, surface="area")
+    iso_v = seg.nsd(ball, moved, (1.0, 1.0, 1.0), 0.5, surface="voxels")
+    an_a = seg.nsd(ball, moved, (1.0, 1.0, 4.0), 0.5, surface="area")
+    an_v = seg.nsd(ball, moved, (1.0, 1.0, 4.0), 0.5, surface="voxels")
+    assert an_v == pytest.approx(iso_v)  # the matched voxel set is the same: distances along axis 0 only
+    assert abs(an_a - iso_a) > 0.02 and abs(an_a - an_v) > 0.02
