@@ -54,11 +54,6 @@ class ModelConfig:
     sincos_axes: tuple[int, ...] = ()  # sin-cos channel blocks by grid axis; () = (0, 1[, 2]); HF MAE: (1, 0)
     decoder_mlp_dim: int = 0  # MAE decoder MLP hidden width; 0: 4 * decoder_width
     norm_pix_ddof: int = 0  # norm-pix target variance: 0 biased; 1 unbiased (as the MAE reference and HF)
-    # numerics of imported networks (medjax.interop); the defaults are medjax's own
-    norm_eps: float = 1e-6  # LayerNorm epsilon (Hugging Face ViT: 1e-12, MONAI: 1e-5, timm: 1e-6)
-    sincos_axes: tuple[int, ...] = ()  # sin-cos channel blocks by grid axis; () = (0, 1[, 2]); HF MAE: (1, 0)
-    decoder_mlp_dim: int = 0  # MAE decoder MLP hidden width; 0: 4 * decoder_width
-    norm_pix_ddof: int = 0  # norm-pix target variance: 0 biased; 1 unbiased (as the MAE reference and HF)
 
 
 @dataclass(frozen=True)

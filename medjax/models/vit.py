@@ -49,8 +49,6 @@ class ViT(nnx.Module):
         self.pos_embed_kind = cfg.pos_embed
         self.sincos_axes = tuple(getattr(cfg, "sincos_axes", ()))
         norm_eps = float(getattr(cfg, "norm_eps", 1e-6))
-        self.sincos_axes = tuple(getattr(cfg, "sincos_axes", ()))
-        norm_eps = float(getattr(cfg, "norm_eps", 1e-6))
         self.dtype = compute_dtype(cfg.dtype)
         impl = attention_implementation(cfg.attention)
         d = self.width
