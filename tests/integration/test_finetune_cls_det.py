@@ -98,7 +98,11 @@ def test_detection_finetune_then_predict_boxes(data, tmp_path):
     ev = json.loads((work / "eval.json").read_text())
     assert ev["task"] == "detection" and [c["id"] for c in ev["cases"]] == ["case_003", "case_004"]
     assert all(c["reference"] == 1 for c in ev["cases"])  # one blob per case
-    assert ev["ap_iou0.1"] is None or 0.0 <= ev["ap_iou0.1"] <= 1.0
+    # score threshold 0: every held-out case gets boxes, and with a reference in each, AP and FROC are defined
+    assert all(c["predicted"] >= 1 and 0.0 <= c["top_score"] <= 1.0 for c in ev["cases"])
+    assert ev["froc"]["num_refs"] == 2 and ev["froc"]["num_cases"] == 2
+    assert isinstance(ev["ap_iou0.1"], float) and 0.0 <= ev["ap_iou0.1"] <= 1.0
+    assert all(0.0 <= v <= 1.0 for v in ev["froc"]["sensitivity"])
 
     out = tmp_path / "pred"
     assert _cli("predict", "--checkpoint", work / "checkpoints" / "2", data / "in", out) == 0

@@ -61,7 +61,29 @@ def test_model_input_is_orientation_independent(run3d, volumes, tmp_path):
 
 
 def test_model_input_2d_takes_the_centre_slice(run2d, volumes):
+    """The 2D input is the centre axial slice of the volume preprocessed as in training, centre-cropped (or
+    zero-padded) to 16 x 16: every pixel, mapped through the returned affine into the preprocessed volume, lands
+    on the centre slice and holds that voxel's value (0 where it falls in the padding)."""
+    from medjax.data.transforms import preprocess
+    from medjax.interactive.checkpoints import volume_sample
+
     run = load_run(run2d["workdir"])
-    x, aff = model_input(run, str(volumes / "vol01.nii.gz"))
-    assert x.shape == (16, 16, 1)
+    path = str(volumes / "vol01.nii.gz")
+    x, aff = model_input(run, path)
+    assert x.shape == (16, 16, 1) and x.dtype == np.float32
     assert aff.shape == (4, 4)
+    pre = preprocess(volume_sample(path), run.cfg.data)
+    vol, vol_aff = np.asarray(pre["image"], np.float32), pre["affine"]
+    assert run.cfg.data.slice_axis == 2
+    ij = np.stack(np.meshgrid(np.arange(16), np.arange(16), indexing="ij"), -1).reshape(-1, 2)
+    world = aff @ np.c_[ij, np.zeros(len(ij)), np.ones(len(ij))].T
+    vox = np.linalg.solve(vol_aff, world)[:3].T
+    np.testing.assert_allclose(vox, np.round(vox), atol=1e-4)  # on the voxel grid of the preprocessed volume
+    vox = np.round(vox).astype(int)
+    assert np.all(vox[:, 2] == (vol.shape[2] - 1) // 2)  # the centre slice
+    inside = np.all((vox >= 0) & (vox < np.asarray(vol.shape[:3])), axis=1)
+    assert inside.sum() >= 100  # most of the window shows the volume
+    got = x[ij[:, 0], ij[:, 1], 0]
+    np.testing.assert_array_equal(got[inside], vol[vox[inside, 0], vox[inside, 1], vox[inside, 2], 0])
+    assert np.all(got[~inside] == 0)
+    assert np.abs(got[inside]).max() > 0  # real content, not an empty slice

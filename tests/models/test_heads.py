@@ -37,9 +37,9 @@ def test_heads_shapes(nd, size):
     cls = lambda: ViTClassifier(CFG, num_classes=5, probe_norm=True, rngs=nnx.Rngs(0), **common)  # noqa: E731
     logits = _abstract_call(cls, x, deterministic=False)
     assert logits.shape == (2, 5) and logits.dtype == jnp.float32
-    out = _abstract_call(lambda: ViTDetector(CFG, hidden=8, rngs=nnx.Rngs(0), **common), x)
+    out = _abstract_call(lambda: ViTDetector(CFG, hidden=8, num_classes=2, rngs=nnx.Rngs(0), **common), x)
     grid = (size // 4,) * nd
-    assert out["heatmap"].shape == (2, *grid, 1)
+    assert out["heatmap"].shape == (2, *grid, 2)  # one heat-map channel per object class
     assert out["size"].shape == out["offset"].shape == (2, *grid, nd)
 
 

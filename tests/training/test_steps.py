@@ -64,22 +64,26 @@ def test_loss_falls(tiny_cfg, tiny_model_factory):
 
 
 def test_bit_identical_runs_and_resume_mid_run(tiny_cfg, tiny_model_factory):
+    """Two runs give bit-identical parameters, the second with a step function built and compiled afresh; a
+    run stopped after 3 steps (state through host copies, as a checkpoint does) and continued in that fresh step
+    function ends on the same parameters too."""
     batches = _batches(6)
+    cached = _default(tiny_cfg, tiny_model_factory)
+    fresh = _setup(tiny_cfg, tiny_model_factory)
+    assert fresh[1] is not cached[1]
     digests = []
-    for _ in range(2):
-        spec, step = _default(tiny_cfg, tiny_model_factory)
+    for spec, step in (cached, fresh):
         state = spec.init()
         for b in batches:
             state, _ = step(state, b)
         digests.append(params_digest(state.params))
     assert digests[0] == digests[1]
-    # "checkpoint" after 3 steps via host copies, continue in a fresh step function: same result
-    spec, step = _default(tiny_cfg, tiny_model_factory)
+    spec, step = cached
     state = spec.init()
     for b in batches[:3]:
         state, _ = step(state, b)
     host = jax.device_get(state_to_dict(state))
-    spec2, step2 = spec, step
+    _, step2 = fresh
     state2 = state_from_dict(jax.tree.map(jnp.asarray, host))
     for b in batches[3:]:
         state2, _ = step2(state2, b)
@@ -155,5 +159,5 @@ def test_infinite_lr_is_caught_by_the_update_check(tiny_cfg, tiny_model_factory)
 
 def test_grad_accum_must_divide(tiny_cfg, tiny_model_factory):
     spec, step = _setup(tiny_cfg, tiny_model_factory, grad_accum=3)
-    with pytest.raises(Exception):
+    with pytest.raises(ValueError, match=r"batch of 4 samples .* train\.grad_accum=3"):
         step(spec.init(), _batches(1, b=4)[0])
