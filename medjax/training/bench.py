@@ -38,7 +38,7 @@ def mae_flops_per_sample(cfg, params) -> float:
     from medjax.models.masking import num_visible
     from medjax.config.variants import decode_variant
     from medjax.training.digest import count_params
-    from medjax.training.state import broadcast_size
+    from medjax.config.dims import broadcast_size
 
     size = decode_variant(cfg.model.variant, cfg.data.spatial_dims)
     crop = broadcast_size(cfg.data.crop_size, cfg.data.spatial_dims)

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx, struct
 
+from medjax.config.dims import broadcast_size  # noqa: F401  (one home; also imported from here)
 from medjax.config.schema import Config
 
 
@@ -71,21 +72,9 @@ class TrainState:
     model_state: Any = struct.field(default_factory=dict)
 
 
-def broadcast_size(size: tuple[int, ...], spatial_dims: int, key: str = "data.crop_size") -> tuple[int, ...]:
-    """Broadcast a 1-tuple (e.g. ``crop_size=(16,)``) to ``spatial_dims`` entries."""
-    from medjax.errors import ConfigError
-
-    size = tuple(int(s) for s in size)
-    if len(size) == 1:
-        return size * spatial_dims
-    if len(size) != spatial_dims:
-        raise ConfigError(f"{key}={size}: expected 1 or {spatial_dims} values for spatial_dims={spatial_dims}")
-    return size
-
-
 def input_shape(cfg: Config) -> tuple[int, ...]:
     """Per-sample model input ``(*crop, C)`` in voxels, channels last."""
-    return (*broadcast_size(cfg.data.crop_size, cfg.data.spatial_dims), cfg.model.in_channels)
+    return (*broadcast_size(cfg.data.crop_size, cfg.data.spatial_dims, "data.crop_size"), cfg.model.in_channels)
 
 
 def build_model(cfg: Config, seed: int | None = None) -> nnx.Module:
@@ -96,7 +85,7 @@ def build_model(cfg: Config, seed: int | None = None) -> nnx.Module:
     return MAE(
         cfg.model,
         spatial_dims=cfg.data.spatial_dims,
-        input_size=broadcast_size(cfg.data.crop_size, cfg.data.spatial_dims),
+        input_size=broadcast_size(cfg.data.crop_size, cfg.data.spatial_dims, "data.crop_size"),
         rngs=nnx.Rngs(seed),
     )
 
