@@ -2,7 +2,8 @@
 
 Pure numpy. Labels are integer class indices ``(N,)`` in ``[0, K)``; predictions for accuracy/sensitivity/
 specificity are class indices ``(N,)``; scores for AUROC are ``(N,)`` (binary: score of class 1) or ``(N, K)``
-(one column per class, e.g. softmax probabilities or logits).
+(one column per class, e.g. softmax probabilities or logits), and AUROC also takes multi-label targets
+``(N, K)`` of 0/1.
 
 Binary vs multi-class: with ``K == 2`` classes the positive class is 1 and sensitivity/specificity are those of
 class 1; with ``K > 2`` they are macro averages of the one-vs-rest values over classes. Undefined values (a class
@@ -103,26 +104,53 @@ def _binary_auc(scores: np.ndarray, positive: np.ndarray) -> float:
     return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 
+AVERAGES = ("macro", "weighted", "micro", None)
+
+
+def _indicator(labels, k: int) -> tuple[np.ndarray, bool]:
+    """``(Y, multi_label)``: ``(N, K)`` bool targets from class indices ``(N,)`` (one-hot) or a 0/1 ``(N, K)`` matrix."""
+    y = np.asarray(labels)
+    if y.ndim == 2:
+        if y.shape[1] != k:
+            raise ValueError(f"labels: multi-label targets (N, C) need one column per score column; got {y.shape[1]} "
+                             f"columns for K={k} scores")
+        if y.size and not np.all((y == 0) | (y == 1)):
+            raise ValueError("labels: multi-label targets (N, C) must hold only 0 and 1")
+        return y.astype(bool), True
+    y = _labels(labels)
+    if y.size and y.max() >= k:
+        raise ValueError(f"label {int(y.max())} has no score column (scores have K={k} columns)")
+    return y[:, None] == np.arange(k)[None, :], False
+
+
 def auroc(scores, labels, average: str | None = "macro") -> float | np.ndarray:
-    """Area under the ROC curve, rank-based (ties count one half).
+    """Area under the ROC curve, rank-based (Mann-Whitney; ties count one half).
 
     Args:
-      scores: ``(N,)`` score of the positive class (binary), or ``(N, K)`` one score per class. A ``(N, 2)``
-        array is treated as binary using column 1.
-      labels: ``(N,)`` integer class indices (binary: 0/1).
-      average: ``"macro"`` returns the one-vs-rest mean over classes for ``K > 2`` (classes whose AUROC is
-        undefined are left out of the mean); ``None`` returns the per-class vector ``(K,)``.
+      scores: ``(N,)`` score of the positive class (binary labels 0/1), or ``(N, K)`` one score per class or label
+        (probabilities or logits).
+      labels: ``(N,)`` integer class indices (binary: 0/1; with ``(N, K)`` scores each class ``c`` is scored one
+        vs rest on column ``c``), or ``(N, K)`` 0/1 multi-label targets (column ``c`` against score column ``c``).
+      average: for ``(N, K)`` scores, ``K >= 2`` (including ``K == 2``): ``"macro"`` is the unweighted mean of the
+        K one-vs-rest AUROCs; ``"weighted"`` weights them by the number of positives of each class; ``"micro"``
+        is the AUROC of all ``N * K`` (score, target) pairs pooled; ``None`` returns the per-class vector ``(K,)``.
+        These are scikit-learn's ``roc_auc_score`` definitions (``multi_class="ovr"``) and MONAI's
+        ``compute_roc_auc``. With two softmax columns both classes' AUROCs are equal, so "macro" is the binary
+        AUROC; with logits it averages the two. Ignored for ``(N,)`` scores.
     Returns:
       the AUROC in [0, 1]; NaN, with a ``RuntimeWarning`` naming the class, when a class has no positive or no
-      negative example (the ROC curve does not exist then).
+      negative example (the ROC curve does not exist then); such classes are left out of "macro"/"weighted".
     """
+    if average not in AVERAGES:
+        raise ValueError(f"average must be one of {AVERAGES}, got {average!r}")
     s = np.asarray(scores, dtype=np.float64)
-    y = _labels(labels)
-    if s.shape[0] != y.shape[0]:
-        raise ValueError(f"scores have {s.shape[0]} rows but labels have {y.shape[0]}")
-    if s.ndim == 2 and s.shape[1] == 2:
-        s = s[:, 1]
+    if s.ndim not in (1, 2):
+        raise ValueError(f"scores: expected (N,) or (N, K), got shape {s.shape}")
+    n_labels = np.asarray(labels).shape[0] if np.ndim(labels) else 0
+    if s.shape[0] != n_labels:
+        raise ValueError(f"scores have {s.shape[0]} rows but labels have {n_labels}")
     if s.ndim == 1:
+        y = _labels(labels)
         if y.size and y.max() > 1:
             raise ValueError("1-D scores need binary labels (0/1); give (N, K) scores for K classes")
         auc = _binary_auc(s, y == 1)
@@ -130,18 +158,28 @@ def auroc(scores, labels, average: str | None = "macro") -> float | np.ndarray:
             warnings.warn("AUROC is undefined: the labels contain only one class; reported as NaN",
                           RuntimeWarning, stacklevel=2)
         return auc
-    if s.ndim != 2:
-        raise ValueError(f"scores: expected (N,) or (N, K), got shape {s.shape}")
     k = s.shape[1]
-    if y.size and y.max() >= k:
-        raise ValueError(f"label {int(y.max())} has no score column (scores have K={k} columns)")
-    per = np.array([_binary_auc(s[:, c], y == c) for c in range(k)])
+    if k < 2 and np.asarray(labels).ndim == 1:
+        raise ValueError("(N, 1) scores: give (N,) scores for a binary problem")
+    y, multi = _indicator(labels, k)
+    if average == "micro":
+        auc = _binary_auc(s.reshape(-1), y.reshape(-1))
+        if np.isnan(auc):
+            warnings.warn("micro AUROC is undefined: every target is positive or every target is negative",
+                          RuntimeWarning, stacklevel=2)
+        return auc
+    per = np.array([_binary_auc(s[:, c], y[:, c]) for c in range(k)])
     missing = [c for c in range(k) if np.isnan(per[c])]
     if missing:
-        warnings.warn(f"AUROC is undefined for classes {missing} (absent from, or the only class in, the labels); "
-                      "they are NaN and left out of the macro mean", RuntimeWarning, stacklevel=2)
+        what = "labels" if multi else "classes"
+        warnings.warn(f"AUROC is undefined for {what} {missing} (no positive or no negative example); they are NaN "
+                      "and left out of the average", RuntimeWarning, stacklevel=2)
     if average is None:
         return per
-    if average != "macro":
-        raise ValueError(f"average must be 'macro' or None, got {average!r}")
-    return float(np.nanmean(per)) if len(missing) < k else float("nan")
+    if len(missing) == k:
+        return float("nan")
+    ok = ~np.isnan(per)
+    if average == "weighted":
+        w = y.sum(axis=0)[ok].astype(np.float64)
+        return float(np.sum(per[ok] * w) / np.sum(w))
+    return float(np.mean(per[ok]))

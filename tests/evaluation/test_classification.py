@@ -23,9 +23,58 @@ def test_auroc_ties_count_half():
     assert cls.auroc([0.3] * 6, [0, 1, 0, 1, 1, 0]) == pytest.approx(0.5)
 
 
-def test_auroc_two_column_scores_are_binary():
+def test_auroc_two_column_scores_average_both_classes():
+    # softmax columns: both one-vs-rest AUROCs are the binary AUROC 0.75
     s = np.array([[0.9, 0.1], [0.6, 0.4], [0.65, 0.35], [0.2, 0.8]])
     assert cls.auroc(s, [0, 0, 1, 1]) == pytest.approx(0.75)
+    np.testing.assert_allclose(cls.auroc(s, [0, 0, 1, 1], average=None), [0.75, 0.75])
+    # logits: class 1 on column 1: positives {0.35, 0.8} vs negatives {0.1, 0.4}: 3 of 4 pairs -> 0.75;
+    # class 0 on column 0: positives {0.0, 0.5} vs negatives {0.9, 0.1}: 1 of 4 pairs -> 0.25; macro 0.5
+    logits = np.array([[0.0, 0.1], [0.5, 0.4], [0.9, 0.35], [0.1, 0.8]])
+    np.testing.assert_allclose(cls.auroc(logits, [0, 0, 1, 1], average=None), [0.25, 0.75])
+    assert cls.auroc(logits, [0, 0, 1, 1]) == pytest.approx(0.5)
+    assert cls.auroc(logits, [0, 0, 1, 1], average="weighted") == pytest.approx(0.5)
+
+
+def test_auroc_multi_label_targets():
+    # 3 labels; column c of the targets against column c of the scores
+    y = np.array([[1, 0, 1], [0, 1, 1], [1, 1, 0], [0, 0, 0]])
+    s = np.array([[0.9, 0.2, 0.7], [0.3, 0.8, 0.6], [0.6, 0.4, 0.65], [0.1, 0.5, 0.2]])
+    # label 0: positives {0.9, 0.6} vs {0.3, 0.1}: 4/4; label 1: {0.8, 0.4} vs {0.2, 0.5}: 3/4;
+    # label 2: {0.7, 0.6} vs {0.65, 0.2}: 3/4
+    np.testing.assert_allclose(cls.auroc(s, y, average=None), [1.0, 0.75, 0.75])
+    assert cls.auroc(s, y) == pytest.approx(2.5 / 3)
+    assert cls.auroc(s, y, average="weighted") == pytest.approx((2 * 1.0 + 2 * 0.75 + 2 * 0.75) / 6)
+    with pytest.raises(ValueError, match="only 0 and 1"):
+        cls.auroc(s, y * 2)
+    with pytest.raises(ValueError, match="one column per score column"):
+        cls.auroc(s, y[:, :2])
+    with pytest.raises(ValueError, match="average must be"):
+        cls.auroc(s, y, average="samples")
+
+
+def test_auroc_matches_sklearn():
+    sk = pytest.importorskip("sklearn.metrics")
+    rng = np.random.default_rng(0)
+    for trial in range(40):
+        n, k = int(rng.integers(12, 60)), int(rng.integers(2, 6))
+        logits = np.round(rng.normal(size=(n, k)), 1)  # rounding makes ties
+        probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+        labels = np.concatenate([np.arange(k), rng.integers(0, k, n - k)])
+        if k == 2:
+            for s in (probs, logits):  # sklearn scores a binary problem per column
+                per = [sk.roc_auc_score(labels == c, s[:, c]) for c in range(2)]
+                assert cls.auroc(s, labels) == pytest.approx(np.mean(per), abs=1e-12)
+            assert cls.auroc(probs[:, 1], labels) == pytest.approx(sk.roc_auc_score(labels, probs[:, 1]), abs=1e-12)
+        else:
+            for avg in ("macro", "weighted"):
+                ref = sk.roc_auc_score(labels, probs, multi_class="ovr", average=avg)
+                assert cls.auroc(probs, labels, average=avg) == pytest.approx(ref, abs=1e-12), (trial, avg)
+        multi = (rng.random((n, k)) < 0.4).astype(int)
+        multi[0], multi[1] = 1, 0  # every label has a positive and a negative
+        for avg in ("macro", "weighted", "micro", None):
+            ref = sk.roc_auc_score(multi, logits, average=avg)
+            np.testing.assert_allclose(cls.auroc(logits, multi, average=avg), ref, atol=1e-12, err_msg=str(avg))
 
 
 def test_auroc_one_class_absent_is_nan_with_warning():

@@ -112,3 +112,46 @@ def test_empty_mask_conventions_against_monai():
         assert float(metrics.compute_dice(Z, A, include_background=False, ignore_empty=True)) == 0.0
         assert np.isnan(float(metrics.compute_hausdorff_distance(Z, A, percentile=95)))
         assert np.isinf(seg.hd95(z, a))
+
+
+# ------------------------------------------------------------------------------------------------- classification
+from medjax.evaluation import classification as cls  # noqa: E402
+
+
+def test_auroc_matches_monai_compute_roc_auc():
+    rng = np.random.default_rng(5)
+    for trial in range(20):
+        n, k = int(rng.integers(10, 40)), int(rng.integers(2, 5))
+        logits = np.round(rng.normal(size=(n, k)), 1)
+        labels = np.concatenate([np.arange(k), rng.integers(0, k, n - k)])
+        onehot = np.eye(k)[labels]
+        for avg in ("macro", "weighted", "micro", None):
+            theirs = metrics.compute_roc_auc(torch.as_tensor(logits), torch.as_tensor(onehot), average=avg or "none")
+            np.testing.assert_allclose(cls.auroc(logits, labels, average=avg), theirs, atol=1e-12,
+                                       err_msg=f"{trial} {avg}")
+        multi = (rng.random((n, k)) < 0.5).astype(np.int64)
+        multi[0], multi[1] = 1, 0
+        theirs = metrics.compute_roc_auc(torch.as_tensor(logits), torch.as_tensor(multi), average="macro")
+        assert cls.auroc(logits, multi) == pytest.approx(float(theirs), abs=1e-12)
+
+
+def test_confusion_matrix_metrics_match_monai():
+    rng = np.random.default_rng(6)
+    for trial in range(20):
+        n, k = int(rng.integers(10, 50)), int(rng.integers(2, 5))
+        labels = np.concatenate([np.arange(k), rng.integers(0, k, n - k)])
+        pred = rng.integers(0, k, n)
+        cm = metrics.get_confusion_matrix(torch.as_tensor(np.eye(k)[pred]), torch.as_tensor(np.eye(k)[labels]),
+                                          include_background=True).sum(0)  # (K, 4): tp, fp, tn, fn per class
+        mine = cls.confusion_matrix(pred, labels, k)
+        tp = np.diag(mine)
+        np.testing.assert_array_equal(cm[:, 0].numpy(), tp)
+        np.testing.assert_array_equal(cm[:, 1].numpy(), mine.sum(0) - tp)
+        np.testing.assert_array_equal(cm[:, 3].numpy(), mine.sum(1) - tp)
+        for name, fn in (("sensitivity", cls.sensitivity), ("specificity", cls.specificity)):
+            per = metrics.compute_confusion_matrix_metric(name, cm).numpy()
+            expected = per[1] if k == 2 else np.nanmean(per)
+            assert fn(pred, labels, k) == pytest.approx(float(expected), abs=1e-6), (trial, name)
+        acc = metrics.compute_confusion_matrix_metric("accuracy", cm).numpy()  # one-vs-rest accuracy per class
+        assert cls.accuracy(pred, labels) == pytest.approx(float(tp.sum() / n))
+        np.testing.assert_allclose(acc, (tp + (n - mine.sum(0) - mine.sum(1) + tp)) / n, atol=1e-6)
