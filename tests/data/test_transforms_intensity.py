@@ -62,3 +62,26 @@ def test_percentile_scale():
     assert (percentile_scale(np.ones((4, 4))) == 0).all()
     with pytest.raises(ValueError, match="percentiles"):
         percentile_scale(arr, 50, 50)
+
+
+def test_zscore_foreground_threshold_is_explicit():
+    # a CT-like volume in HU: air -1000, fat -100, soft tissue 40. The default foreground (x > 0) keeps only the
+    # soft tissue; threshold=-500 keeps fat and tissue; None keeps every voxel.
+    hu = np.full((6, 6, 6), -1000.0, np.float32)
+    hu[1:5, 1:5, 1:5] = -100.0
+    hu[2:4, 2:4, 2:4] = 40.0
+    default = zscore_foreground(hu)
+    assert (default[hu == -100.0] == 0).all() and (default[hu == 40.0] == 0).all()  # one value: std 1, mean 40
+    body = zscore_foreground(hu, threshold=-500.0)
+    fg = hu > -500
+    np.testing.assert_allclose(body[fg].mean(), 0, atol=1e-5)
+    np.testing.assert_allclose(body[fg].std(), 1, atol=1e-5)
+    assert (body[~fg] == 0).all() and (body[hu == 40.0] > 0).all() and (body[hu == -100.0] < 0).all()
+    every = zscore_foreground(hu, threshold=None)
+    np.testing.assert_allclose(every, (hu - hu.mean()) / hu.std(), atol=1e-5)
+    mask = hu > -500
+    np.testing.assert_array_equal(zscore_foreground(hu, mask), body)
+    with pytest.raises(ValueError, match="either mask= or threshold="):
+        zscore_foreground(hu, mask, threshold=-500.0)
+    with pytest.raises(ValueError, match="finite"):
+        zscore_foreground(hu, threshold=float("nan"))

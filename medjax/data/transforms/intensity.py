@@ -26,22 +26,41 @@ def ct_window(array: np.ndarray, hu_min: float = -1000.0, hu_max: float = 1000.0
     return out
 
 
-def zscore_foreground(array: np.ndarray, mask: np.ndarray | None = None, *, has_channels: bool = False) -> np.ndarray:
+def zscore_foreground(array: np.ndarray, mask: np.ndarray | None = None, *, threshold: float | None = 0.0,
+                      has_channels: bool = False) -> np.ndarray:
     """Z-score over the foreground; background set to 0 (float32).
 
+    The foreground is ``mask`` when given, else the voxels ``> threshold``. The default ``threshold=0.0`` suits
+    MRI, where the background (air, or what skull stripping removed) is stored as 0 and tissue is positive. It is
+    wrong for CT in Hounsfield units, where fat (about -100 HU) and lung (about -800 HU) are tissue below 0: use
+    :func:`ct_window` for CT, or pass a ``mask`` (e.g. a body mask) or a threshold in HU (e.g. ``-500`` to keep
+    soft tissue and drop air). ``threshold=None`` takes every voxel (a plain z-score).
+
     Args:
-      array: ``(*S)`` or ``(*S, C)`` intensities (e.g. MRI).
-      mask: boolean ``(*S)`` foreground; default: voxels ``> 0`` (per channel when ``has_channels``).
+      array: ``(*S)`` or ``(*S, C)`` intensities.
+      mask: boolean ``(*S)`` foreground; overrides the threshold (giving both, with a threshold other than the
+        default, is an error).
+      threshold: foreground is ``array > threshold`` (per channel when ``has_channels``); None: every voxel.
       has_channels: statistics per channel of the last axis.
 
     Returns:
       ``(array - mean) / std`` on foreground voxels (mean/std over the foreground; std 0 counts as 1),
       0 elsewhere; all zeros when the foreground is empty.
     """
+    if mask is not None and (threshold is None or threshold != 0.0):
+        raise ValueError(f"zscore_foreground: give either mask= or threshold= (got both, threshold={threshold}); "
+                         "the mask alone defines the foreground")
+    if threshold is not None and not np.isfinite(threshold):
+        raise ValueError(f"zscore_foreground: threshold={threshold} must be a finite intensity, or None for all voxels")
     src = np.asarray(array)
     out = np.zeros(src.shape, dtype=np.float32)
     for index, chan in _per_channel(src, has_channels):
-        fg = (chan > 0) if mask is None else np.asarray(mask, dtype=bool)
+        if mask is not None:
+            fg = np.asarray(mask, dtype=bool)
+        elif threshold is None:
+            fg = np.ones(chan.shape, dtype=bool)
+        else:
+            fg = chan > threshold
         if fg.shape != chan.shape:
             raise ValueError(f"mask shape {fg.shape} does not match spatial shape {chan.shape}")
         values = chan[fg].astype(np.float64)

@@ -127,7 +127,8 @@ def preprocess(sample: dict, cfg) -> dict:
     if cfg.intensity == "ct":
         s["image"] = ct_window(s["image"], *cfg.ct_window)
     elif cfg.intensity == "mri":
-        s["image"] = zscore_foreground(s["image"], has_channels=True)
+        # MRI: the background is stored as 0, so the foreground is x > 0 (CT never comes here: ct_window above)
+        s["image"] = zscore_foreground(s["image"], threshold=0.0, has_channels=True)
     else:
         s["image"] = np.asarray(s["image"], dtype=np.float32)
     s = d.pad_to_d(s, crop_window(cfg), value=0)  # 2D: the window is 1 along slice_axis, so in-plane only
