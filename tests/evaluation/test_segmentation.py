@@ -289,3 +289,28 @@ def test_nsd_area_differs_from_voxels_only_through_anisotropy():
     an_v = seg.nsd(ball, moved, (1.0, 1.0, 4.0), 0.5, surface="voxels")
     assert an_v == pytest.approx(iso_v)  # the matched voxel set is the same: distances along axis 0 only
     assert abs(an_a - iso_a) > 0.02 and abs(an_a - an_v) > 0.02
+
+
+def test_nsd_reproduces_monai_surface_dice_hand_cases():
+    """MONAI tests/metrics/test_surface_dice.py (boundary-voxel definition), values derived there."""
+    pred = np.zeros((10, 10), bool)
+    ref = np.zeros((10, 10), bool)
+    pred[1:4, 1] = True
+    ref[5:8, 6] = True
+    # foreground: distances sqrt(29), sqrt(34), sqrt(41) both ways
+    assert seg.nsd(pred, ref, 1.0, 0.0) == 0.0
+    assert seg.nsd(pred, ref, 1.0, 5.5) == pytest.approx(1 - 4 / 6)
+    assert seg.nsd(pred, ref, 1.0, 6.0) == pytest.approx(1 - 2 / 6)
+    # background: 36 border pixels at distance 0 on both sides, 8 + 4 more at distances 1..sqrt(13)
+    assert seg.nsd(~pred, ~ref, 1.0, 0.0) == pytest.approx(1 - 12 / 84)
+    assert seg.nsd(~pred, ~ref, 1.0, 2.8) == pytest.approx(1 - 3 / 84)
+    assert seg.nsd(~pred, ~ref, 1.0, 3.0) == pytest.approx(1 - 1 / 84)
+    # half planes 10 pixels apart at spacing (0.85, 1.2), tolerance 0
+    p = np.zeros((480, 640), bool)
+    r = np.zeros((480, 640), bool)
+    p[:, 50:] = True
+    r[:, 60:] = True
+    expected_fg = 1 - (478 + 480 + 9 * 2) / (480 * 4 + 588 * 2 + 578 * 2)
+    expected_bg = 1 - (478 + 480 + 9 * 2) / (480 * 4 + 48 * 2 + 58 * 2)
+    assert seg.nsd(p, r, (0.85, 1.2), 0.0) == pytest.approx(expected_fg)
+    assert seg.nsd(~p, ~r, (0.85, 1.2), 0.0) == pytest.approx(expected_bg)
