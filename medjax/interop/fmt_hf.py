@@ -41,7 +41,7 @@ IGNORE = (r"(?:vit\.)?pooler\..*", r"classifier\..*", r"(?:vit\.)?embeddings\.ma
 
 
 def read(sd: dict, config: dict | None, *, kind: str, source: str, input_size=None, heads=None,
-         keep_decoder: bool = True) -> tuple[Arch, dict, list[str]]:
+         decoder_heads=None, keep_decoder: bool = True) -> tuple[Arch, dict, list[str]]:
     """``(arch, canonical, dropped keys)`` of a HF ViT (``kind="vit"``) or ViTMAE (``kind="vitmae"``) state dict."""
     c, dropped = rename(sd, _rules(), ignore=IGNORE, source=source)
     cfg = config or {}
@@ -76,7 +76,7 @@ def read(sd: dict, config: dict | None, *, kind: str, source: str, input_size=No
         ddepth = depth_of(c, "dec.blocks.")
         block_complete(c, ddepth, "dec.blocks.", source)
         decoder = Decoder(width=dw, depth=ddepth,
-                          heads=int(cfg.get("decoder_num_attention_heads") or default_heads(dw, None, source)),
+                          heads=int(cfg.get("decoder_num_attention_heads") or default_heads(dw, decoder_heads, source)),
                           mlp_dim=c["dec.blocks.0.fc1.w"].shape[0] if ddepth else 4 * dw)
     elif kind == "vitmae":
         dropped += sorted(k for k in c if k.startswith("dec."))

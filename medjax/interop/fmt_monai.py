@@ -55,7 +55,7 @@ def _final_norms(sd: dict) -> dict:
 
 
 def read(sd: dict, config: dict | None, *, kind: str, source: str, spatial_dims=None, input_size=None, heads=None,
-         keep_decoder: bool = True) -> tuple[Arch, dict, list[str]]:
+         decoder_heads=None, keep_decoder: bool = True) -> tuple[Arch, dict, list[str]]:
     """``(arch, canonical, dropped keys)`` for kind "vit", "unetr" or "mae". ``config`` may hold the MONAI
     constructor arguments (as :func:`write` records them)."""
     args = (config or {}).get("args", config or {})
@@ -89,7 +89,7 @@ def read(sd: dict, config: dict | None, *, kind: str, source: str, spatial_dims=
         block_complete(c, ddepth, "dec.blocks.", source)
         c["dec.pos"] = np.concatenate([np.zeros((1, 1, dw), np.float32), c["dec.pos"]], axis=1)
         decoder = Decoder(width=dw, depth=ddepth,
-                          heads=int(args.get("decoder_num_heads") or default_heads(dw, None, source)),
+                          heads=int(args.get("decoder_num_heads") or default_heads(dw, decoder_heads, source)),
                           mlp_dim=c["dec.blocks.0.fc1.w"].shape[0] if ddepth else 4 * dw)
     else:
         dropped += sorted(k for k in c if k.startswith("dec."))

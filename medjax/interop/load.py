@@ -29,7 +29,7 @@ class Imported:
 
 def read(src, format: str, *, spatial_dims: int | None = None, input_size=None, in_channels: int | None = None,
          inflate: str = "repeat", depth_patch: int | None = None, decoder: bool = True, heads: int | None = None,
-         allow_pickle: bool = False) -> Imported:
+         decoder_heads: int | None = None, allow_pickle: bool = False) -> Imported:
     """Read ``src`` in ``format`` and apply the requested adaptations (see :func:`load`)."""
     from medjax.interop import adapt, fmt_hf, fmt_monai, fmt_timm
     from medjax.interop.canonical import resolve_pos
@@ -43,14 +43,15 @@ def read(src, format: str, *, spatial_dims: int | None = None, input_size=None, 
     try:
         if format in ("hf-vitmae", "hf-vit"):
             arch, c, dropped = fmt_hf.read(sd, config, kind=format[3:], source=source, input_size=native_size,
-                                           heads=heads, keep_decoder=decoder)
+                                           heads=heads, decoder_heads=decoder_heads, keep_decoder=decoder)
         elif format == "timm-vit":
             arch, c, dropped = fmt_timm.read(sd, config, source=source, input_size=native_size, heads=heads)
         else:
             kind = format.split("-")[1]
             sd_dims = None if spatial_dims == 3 and kind != "unetr" and _is_2d_monai(sd) else spatial_dims
             arch, c, dropped = fmt_monai.read(sd, config, kind=kind, source=source, spatial_dims=sd_dims,
-                                              input_size=native_size, heads=heads, keep_decoder=decoder)
+                                              input_size=native_size, heads=heads, decoder_heads=decoder_heads,
+                                              keep_decoder=decoder)
     except ValueError as e:
         if isinstance(e, WeightsError):
             raise
@@ -145,7 +146,7 @@ def build(imported: Imported, cfg=None, *, seed: int = 0, with_decoder: bool | N
 
 def load(src, format: str, *, spatial_dims: int | None = None, input_size=None, in_channels: int | None = None,
          inflate: str = "repeat", depth_patch: int | None = None, decoder: bool = True, heads: int | None = None,
-         allow_pickle: bool = False, cfg=None, seed: int = 0):
+         decoder_heads: int | None = None, allow_pickle: bool = False, cfg=None, seed: int = 0):
     """Load weights of another library as a medjax model: returns ``(config, model)``.
 
     Args:
@@ -157,7 +158,8 @@ def load(src, format: str, *, spatial_dims: int | None = None, input_size=None, 
         default: the size the weights were trained at (from the config or the position table).
       in_channels: adapt the patch embedding to this many input channels (C -> 1 sums, 1 -> N repeats / N).
       decoder: keep an MAE decoder when the weights have one (``False`` drops it).
-      heads: attention heads when no config says it (default: 64-wide heads).
+      heads, decoder_heads: attention heads of the encoder / MAE decoder when no config says them (the weights do
+        not record them; default: 64-wide heads).
       allow_pickle: read ``.bin/.pt/.pth/.ckpt`` through ``torch.load(weights_only=True)``.
       cfg: a medjax ``Config`` whose other settings (training, data folder) the returned config keeps.
       seed: initialises parameters the weights do not provide (a dropped or missing decoder).
@@ -166,7 +168,8 @@ def load(src, format: str, *, spatial_dims: int | None = None, input_size=None, 
     full medjax ``Config`` (task "mae", ``data.crop_size`` = the input size) that rebuilds the same model.
     """
     imported = read(src, format, spatial_dims=spatial_dims, input_size=input_size, in_channels=in_channels,
-                    inflate=inflate, depth_patch=depth_patch, decoder=decoder, heads=heads, allow_pickle=allow_pickle)
+                    inflate=inflate, depth_patch=depth_patch, decoder=decoder, heads=heads, decoder_heads=decoder_heads,
+                    allow_pickle=allow_pickle)
     return build(imported, cfg, seed=seed)
 
 
