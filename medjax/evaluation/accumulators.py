@@ -7,8 +7,9 @@ Each accumulator wraps the pure functions of :mod:`~medjax.evaluation.segmentati
 Aggregation of segmentation metrics: the mean over the finite values only (``inf`` if all are infinite); each
 summary reports how many values were finite (``n``) and how many were left out as infinite or NaN (``n_inf``,
 ``n_nan``; an infinite HD95 means exactly one of prediction and reference was empty; NaN means both were empty
-under the ``empty="nan"`` convention, see :mod:`~medjax.evaluation.segmentation`). :func:`json_safe` turns non-finite floats into ``null`` for JSON and adds
-a ``<key>_infinite`` flag next to infinite values so they stay distinguishable from NaN.
+under the ``empty="nan"`` convention, see :mod:`~medjax.evaluation.segmentation`). :func:`json_safe` turns
+non-finite floats into ``null`` for JSON and adds a ``<key>_infinite`` flag next to infinite values so they stay
+distinguishable from NaN.
 """
 
 from __future__ import annotations

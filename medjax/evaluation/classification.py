@@ -108,7 +108,8 @@ AVERAGES = ("macro", "weighted", "micro", None)
 
 
 def _indicator(labels, k: int) -> tuple[np.ndarray, bool]:
-    """``(Y, multi_label)``: ``(N, K)`` bool targets from class indices ``(N,)`` (one-hot) or a 0/1 ``(N, K)`` matrix."""
+    """``(Y, multi_label)``: ``(N, K)`` bool targets from class indices ``(N,)`` (one-hot) or a 0/1 ``(N, K)``
+    matrix."""
     y = np.asarray(labels)
     if y.ndim == 2:
         if y.shape[1] != k:
