@@ -8,7 +8,6 @@ Anything that names a run works: the workdir, one checkpoint directory ``WORKDIR
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,28 +64,23 @@ class LoadedRun:
 
 
 # ----------------------------------------------------------------------------------------------- listing
-def _is_step_dir(p: Path) -> bool:
-    # orbax writes <step>.orbax-checkpoint-tmp-* while saving and renames to <step> when complete
-    return p.is_dir() and p.name.isdigit()
-
-
 def list_checkpoints(workdir) -> list[CheckpointEntry]:
-    """Complete checkpoints of a run, oldest first (reads directory names and small meta files only; safe
-    while the run is writing)."""
-    root = Path(workdir).expanduser() / CHECKPOINTS
+    """Complete checkpoints of a run, oldest first, with the loss saved in each one's meta (safe while the run
+    is writing: orbax lists a step only once its save is complete; a step deleted meanwhile has loss None)."""
+    root = Path(workdir).expanduser().absolute() / CHECKPOINTS
     if not root.is_dir():
         return []
+    from medjax.training.checkpoint import Checkpointer
+
     out = []
-    for p in sorted((p for p in root.iterdir() if _is_step_dir(p)), key=lambda p: int(p.name)):
-        loss = None
-        meta_file = p / "meta" / "metadata"
-        if meta_file.is_file():
+    with Checkpointer(workdir, read_only=True) as ckpt:
+        for step in ckpt.all_steps():
             try:
-                value = json.loads(meta_file.read_text()).get("loss")
+                value = (ckpt.read_item("meta", step) or {}).get("loss")
                 loss = float(value) if value is not None else None
-            except (json.JSONDecodeError, OSError, TypeError, ValueError):
+            except (CheckpointError, OSError, ValueError, TypeError, AttributeError):
                 loss = None
-        out.append(CheckpointEntry(int(p.name), p.absolute(), loss))
+            out.append(CheckpointEntry(step, root / str(step), loss))
     return out
 
 
