@@ -92,6 +92,10 @@ def run(args) -> int:
         result["monai"] = f"MONAI UNETR unavailable ({e}); install its optional dependencies"
         print(json.dumps(result), flush=True)
         return 0
+    except ValueError as e:  # e.g. a window smaller than MONAI's 16-voxel patch
+        result["monai"] = f"MONAI UNETR cannot take --window {' '.join(map(str, args.window))}: {e}"
+        print(json.dumps(result), flush=True)
+        return 0
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     net = net.to(dev)
     x = torch.from_numpy(np.moveaxis(vol, -1, 0)[None]).to(dev)
