@@ -16,6 +16,16 @@ from medjax.errors import CheckpointError
 from medjax.training.restore import resolve_checkpoint  # noqa: F401  (re-exported: medjax.finetune.resolve_checkpoint)
 
 
+def read_checkpoint(path) -> tuple[dict, dict, int]:
+    """``(state, meta, step)`` of a checkpoint without a model: ``state`` holds the ``params`` (and
+    ``model_state``) subtrees as host numpy arrays (no optimizer state); see
+    :func:`medjax.training.restore.read_arrays`, which this calls."""
+    from medjax.training.restore import read_arrays
+
+    state, saved = read_arrays(path, ("params", "model_state"))
+    return state, saved.meta, saved.step
+
+
 def _saved_grid(meta: dict, tokens: int, prefix: int, spatial_dims: int) -> tuple[int, ...]:
     """Patch grid of a saved learned position embedding, from the saved config (crop size / variant patch)."""
     from medjax.config.dims import broadcast_size

@@ -197,6 +197,30 @@ def restore_arrays(saved: SavedCheckpoint, target: dict, *, exact: bool = False)
     return jax.tree.map(lambda _, v: v, target, out)
 
 
+def read_arrays(path, prefixes=("params",), *, step: int | None = None) -> tuple[dict, SavedCheckpoint]:
+    """The saved subtrees ``prefixes`` as nested dicts of host ``np.ndarray`` (as saved: shapes, dtypes, string
+    keys), without a model: for tools that write the arrays elsewhere (weight export, inspection).
+
+    Returns ``({prefix: tree, ...}, saved)``; a prefix the checkpoint lacks is absent from the dict.
+    """
+    import jax
+    import numpy as np
+
+    saved = path if isinstance(path, SavedCheckpoint) else open_checkpoint(path, step)
+    cpu = jax.sharding.SingleDeviceSharding(jax.local_devices(backend="cpu")[0])
+    target: dict = {}
+    for key, (shape, dtype) in saved.arrays.items():
+        parts = key.split("/")
+        if parts[0] not in prefixes:
+            continue
+        node = target
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = jax.ShapeDtypeStruct(shape, dtype, sharding=cpu)
+    out = restore_arrays(saved, target) if target else {}
+    return jax.tree.map(np.asarray, out), saved
+
+
 def restore_model(path, abstract_params, abstract_model_state=None, *, step: int | None = None
                   ) -> tuple[Any, Any, SavedCheckpoint]:
     """``(params, model_state, saved)`` of a whole model saved in the train state at ``path`` (a run or step

@@ -125,3 +125,19 @@ def test_encoder_lands_in_the_target_shardings_on_a_mesh(tmp_path):
     assert got["pe_close"] < 1e-6
     assert got["step"] == 1
     assert got["resized"] == [{"param": "encoder/pos_embed", "old_grid": [2, 2, 2], "new_grid": [4, 2, 2]}]
+
+
+def test_read_arrays_without_a_model(run):
+    from medjax.finetune.init import read_checkpoint
+    from medjax.training.restore import read_arrays
+
+    workdir, state = run
+    trees, saved = read_arrays(workdir / "checkpoints" / "3")
+    assert set(trees) == {"params"} and saved.step == 3
+    got = trees["params"]["encoder"]["blocks"]["0"]["kernel"]
+    assert isinstance(got, np.ndarray)
+    np.testing.assert_array_equal(got, state["params"]["encoder"]["blocks"]["0"]["kernel"])
+    np.testing.assert_array_equal(trees["params"]["decoder"]["kernel"], state["params"]["decoder"]["kernel"])
+    st, meta, step = read_checkpoint(workdir / "checkpoints" / "3")
+    assert step == 3 and meta == {"config": {"task": "mae"}} and "opt_state" not in st
+    np.testing.assert_array_equal(st["params"]["encoder"]["pos_embed"], state["params"]["encoder"]["pos_embed"])
