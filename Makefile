@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 DEMO_DATA ?= data/demo
 DEMO_WORKDIR ?= runs/demo
 
-.PHONY: demo test install install-dev lab clean
+.PHONY: demo test install install-dev system-deps lab clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,9 +23,12 @@ install-dev: $(VENV)/.installed-dev
 demo: $(VENV)/.installed
 	$(PY) -m medjax.demo_job --data $(DEMO_DATA) --workdir $(DEMO_WORKDIR)
 
-# the browser tests need the system Chromium: installed here when possible, else the exact command is printed
-test: $(VENV)/.installed-dev
+# the browser tests need the system Chromium: installed first when possible, else the exact command is printed
+# before anything else is installed
+system-deps:
 	bash .ci/ensure-chromium
+
+test: system-deps $(VENV)/.installed-dev
 	$(PY) -m pytest -n 2 --timeout 900 tests
 
 lab: $(VENV)/.installed
