@@ -33,8 +33,11 @@ def _cfg(dataset, *extra):
 
 
 def test_resume_takes_the_checkpoints_data_shards(dataset, tmp_path):
+    import shutil
+
     whole = pretrain(_cfg(dataset, "train.steps=4"), tmp_path / "whole", progress=False, data_shards=2)
-    pretrain(_cfg(dataset, "train.steps=2"), tmp_path / "split", progress=False, data_shards=2)
+    shutil.copytree(tmp_path / "whole", tmp_path / "split")
+    shutil.rmtree(tmp_path / "split" / "checkpoints" / "4")  # as if stopped after the step-2 checkpoint
     # resumed without --data-shards: the checkpoint's 2 shards are kept, so the batches are the same
     again = pretrain(_cfg(dataset, "train.steps=4"), tmp_path / "split", progress=False)
     assert again["resumed_from"] == 2 and again["step"] == 4
@@ -43,7 +46,8 @@ def test_resume_takes_the_checkpoints_data_shards(dataset, tmp_path):
 
 
 def test_a_run_failing_midway_closes_what_it_opened(dataset, tmp_path, monkeypatch):
-    pretrain(_cfg(dataset, "train.steps=1"), tmp_path / "warm", progress=False)  # start the long-lived pools
+    # start the process-wide pools and tqdm's monitor thread, which outlive any one run by design
+    pretrain(_cfg(dataset, "train.steps=1"), tmp_path / "warm", progress=True)
     before = set(threading.enumerate())
     closed = []
     real_next = global_batches.ShardedBatchIterator.__next__
