@@ -42,7 +42,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from medjax.parallel.rules import constrain, logical_to_spec  # noqa: F401  (the one translator, re-exported)
+from medjax.parallel.rules import constrain, logical_to_spec, place_param  # noqa: F401  (one translator, re-exported)
 
 LogicalNames = tuple[str | None, ...]
 Rules = Sequence[tuple[str, Any]]
@@ -68,7 +68,7 @@ def param_init(init: Callable, names: LogicalNames) -> Callable:
     names = tuple(names)
 
     def placed(*args, **kwargs):
-        return constrain(init(*args, **kwargs), names)
+        return place_param(init(*args, **kwargs), names)
 
     return nnx.with_partitioning(placed, names, eager_sharding=False)
 

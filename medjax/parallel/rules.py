@@ -3,7 +3,7 @@
 Models name axes logically (``("embed", "mlp")`` on a kernel, ``("batch", "length", "embed")`` on activations);
 a rules table maps each logical name to a tuple of mesh axes (``()``: replicated). The table comes from
 ``MeshConfig.rules``; the mesh sizes decide the strategy, so one table serves DP, FSDP and TP alike (an axis of
-size 1 shards nothing). The presets below spell the strategies out for callers that want them explicitly.
+size 1 shards nothing): ``--set mesh.data=1 mesh.fsdp=-1`` is FSDP, ``mesh.tensor=2`` adds tensor parallelism.
 
 One translator: :func:`logical_to_spec` turns names into a ``PartitionSpec`` for parameters (their
 ``out_sharding`` metadata, in :func:`medjax.parallel.sharding.state_shardings` and at creation through
@@ -25,47 +25,12 @@ import contextlib
 import math
 from collections.abc import Iterable, Sequence
 
-from medjax.config.schema import MeshConfig
 from medjax.errors import ConfigError
 from medjax.parallel.mesh import AXES
 
 Rules = tuple[tuple[str, tuple[str, ...]], ...]
 
-_COMMON: Rules = (("length", ()), ("kv", ()), ("vocab", ()), ("patch", ()))
-RULES_DP: Rules = (("batch", ("data", "fsdp")), ("embed", ()), ("mlp", ()), ("heads", ())) + _COMMON
-RULES_FSDP: Rules = (("batch", ("data", "fsdp")), ("embed", ("fsdp",)), ("mlp", ()), ("heads", ())) + _COMMON
-RULES_TP: Rules = (
-    ("batch", ("data", "fsdp")),
-    ("embed", ("fsdp",)),
-    ("mlp", ("tensor",)),
-    ("heads", ("tensor",)),
-) + _COMMON
-_PRESETS = {"dp": RULES_DP, "fsdp": RULES_FSDP, "tp": RULES_TP}
-
-
-def rules_for(strategy: str) -> Rules:
-    """Rules preset for ``"dp"``, ``"fsdp"`` or ``"tp"`` (``"tp"`` also shards ``embed`` over ``fsdp``)."""
-    try:
-        return _PRESETS[strategy]
-    except KeyError:
-        raise ConfigError(f"unknown parallel strategy {strategy!r}; use one of {sorted(_PRESETS)}") from None
-
-
-def mesh_config_for(strategy: str, *, tensor: int = 1) -> MeshConfig:
-    """A MeshConfig selecting ``strategy`` on all devices: sizes plus rules.
-
-    ``"dp"``: data=-1; ``"fsdp"``: fsdp=-1 (data=1); ``"tp"``: tensor=``tensor``, data=-1. On the command line
-    the same is ``--set mesh.data=1 mesh.fsdp=-1`` (the default rules already cover every strategy).
-    """
-    rules = rules_for(strategy)
-    if strategy == "dp":
-        return MeshConfig(data=-1, fsdp=1, tensor=1, rules=rules)
-    if strategy == "fsdp":
-        return MeshConfig(data=1, fsdp=-1, tensor=1, rules=rules)
-    return MeshConfig(data=-1, fsdp=1, tensor=tensor, rules=rules)
-
-
-def logical_rules(mesh_cfg: MeshConfig) -> Rules:
+def logical_rules(mesh_cfg) -> Rules:
     """Validated rules from ``mesh_cfg.rules``: ``((logical, (mesh_axis, ...)), ...)``.
 
     A bare string mesh axis is accepted and wrapped into a 1-tuple; mesh axes must be among
@@ -128,6 +93,23 @@ def logical_to_spec(names: Sequence[str | None], rules: Rules, *, shape: Sequenc
     return PartitionSpec(*spec)
 
 
+ACTIVATION_PREFIX = "activation_"
+
+
+def activation_spec(names: Sequence[str | None], rules: Rules, *, shape: Sequence[int] | None = None, mesh=None):
+    """:func:`logical_to_spec` for an activation: a name ``n`` uses the rule ``"activation_n"`` when the table has
+    one, else the rule ``n`` that parameters use.
+
+    Activations and parameters that must shard differently get separate names this way without the model
+    naming them twice: e.g. ``("activation_embed", ())`` keeps the residual stream unsplit while ``embed``
+    parameters shard over ``fsdp``, whatever the batch size (without it, ``embed`` on an activation is kept off
+    ``fsdp`` only because ``batch`` already took that axis, which a batch too small to split does not).
+    """
+    table = dict(rules)
+    mapped = [None if n is None else (ACTIVATION_PREFIX + n if ACTIVATION_PREFIX + n in table else n) for n in names]
+    return logical_to_spec(mapped, rules, shape=shape, mesh=mesh)
+
+
 def flax_rules(rules: Rules) -> tuple[tuple[str, str | tuple[str, ...] | None], ...]:
     """``rules`` in the form flax's ``nnx.logical_axis_rules`` expects (``None``/str/tuple values)."""
     return tuple((n, None if not a else a[0] if len(a) == 1 else tuple(a)) for n, a in rules)
@@ -162,9 +144,10 @@ def use_mesh(mesh, rules: Rules | Iterable):
         yield mesh
 
 
-def spec_for(x, names: Sequence[str | None], *, rules: Rules | Iterable | None = None):
+def spec_for(x, names: Sequence[str | None], *, rules: Rules | Iterable | None = None, activation: bool = True):
     """``(mesh, PartitionSpec)`` for array ``x`` named ``names`` under the active mesh and rules (``rules``
-    overrides the active ones), or None when no mesh or no rules are active."""
+    overrides the active ones), or None when no mesh or no rules are active. ``activation``: translate with
+    :func:`activation_spec` (else :func:`logical_to_spec`, as for parameters)."""
     import jax
 
     if len(names) != len(x.shape):
@@ -179,7 +162,8 @@ def spec_for(x, names: Sequence[str | None], *, rules: Rules | Iterable | None =
     if ctx is None:
         return None
     mesh, rules = ctx
-    return mesh, logical_to_spec(names, rules, shape=x.shape, mesh=mesh)
+    translate = activation_spec if activation else logical_to_spec
+    return mesh, translate(names, rules, shape=x.shape, mesh=mesh)
 
 
 def constrain(x, names: Sequence[str | None], *, rules: Rules | Iterable | None = None):
@@ -187,10 +171,21 @@ def constrain(x, names: Sequence[str | None], *, rules: Rules | Iterable | None 
 
     Identity when no mesh or no rules are active (single-device code runs unchanged). Inside
     :func:`use_mesh` (or ``jax.set_mesh`` + ``nnx.logical_axis_rules``): ``jax.lax.with_sharding_constraint``
-    (``jax.sharding.reshard`` on an explicit mesh) with the spec of :func:`logical_to_spec`, the same translation
-    parameters get, so a dim that does not divide its mesh axes stays replicated in both.
+    (``jax.sharding.reshard`` on an explicit mesh) with the spec of :func:`activation_spec`: the translation
+    parameters get (so a dim that does not divide its mesh axes stays replicated in both), with
+    ``activation_<name>`` rules taking precedence where the table has them.
     """
-    found = spec_for(x, names, rules=rules)
+    return _apply(x, spec_for(x, names, rules=rules))
+
+
+def place_param(x, names: Sequence[str | None]):
+    """Place a freshly created parameter ``x`` on the sharding its logical ``names`` map to (parameter rules, no
+    ``activation_`` overrides); identity without an active mesh and rules. Used by
+    :func:`medjax.models.layers.param_init`."""
+    return _apply(x, spec_for(x, names, activation=False))
+
+
+def _apply(x, found):
     if found is None:
         return x
     import jax

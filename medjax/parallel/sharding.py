@@ -152,15 +152,6 @@ def with_shardings(abstract_state, shardings):
     return jax.tree.map(attach, abstract_state, shardings)
 
 
-def mesh_and_rules(cfg):
-    """``(mesh, rules)`` of a run config: :func:`~medjax.parallel.mesh.make_mesh` of ``cfg.mesh`` over all devices
-    and its validated :func:`~medjax.parallel.rules.logical_rules`."""
-    from medjax.parallel.mesh import make_mesh
-    from medjax.parallel.rules import logical_rules
-
-    return make_mesh(cfg.mesh), logical_rules(cfg.mesh)
-
-
 def batch_sharding(mesh):
     """Sharding of a global batch: dim 0 split over ``("data", "fsdp")``, other dims replicated."""
     from jax.sharding import NamedSharding, PartitionSpec

@@ -9,15 +9,10 @@ from medjax.config.schema import MeshConfig
 from medjax.errors import ConfigError
 from medjax.parallel.mesh import mesh_shape
 from medjax.parallel.rules import (
-    RULES_DP,
-    RULES_FSDP,
-    RULES_TP,
     constrain,
     logical_rules,
     logical_to_spec,
-    mesh_config_for,
     normalize_rules,
-    rules_for,
 )
 from medjax.parallel.testing import run_with_devices
 
@@ -91,17 +86,6 @@ def test_rules_validation():
         normalize_rules([("embed", ()), ("embed", ("fsdp",))])
 
 
-def test_presets_select_strategies():
-    assert rules_for("dp") is RULES_DP and rules_for("fsdp") is RULES_FSDP and rules_for("tp") is RULES_TP
-    assert logical_to_spec(("embed", "mlp"), RULES_DP) == P(None, None)
-    assert logical_to_spec(("embed", "mlp"), RULES_FSDP) == P("fsdp", None)
-    assert logical_to_spec(("embed", "mlp"), RULES_TP) == P("fsdp", "tensor")
-    assert mesh_shape(mesh_config_for("fsdp"), 8) == (1, 8, 1)
-    assert mesh_shape(mesh_config_for("tp", tensor=2), 8) == (4, 1, 2)
-    with pytest.raises(ConfigError, match="unknown parallel strategy 'zero'"):
-        rules_for("zero")
-
-
 def test_constrain_is_identity_without_mesh():
     import numpy as np
 
@@ -139,3 +123,42 @@ def test_make_mesh_on_eight_devices():
     assert all("Auto" in t for t in out["mix"][3])
     assert out["sub"] == [2, 2, 1]
     assert "8 are available" in out["err"] and "mesh.data=3" in out["err"]
+
+
+def test_activation_rules_override_parameter_rules_for_activations_only():
+    from medjax.parallel.rules import activation_spec
+
+    mesh = _FakeMesh(data=1, fsdp=8, tensor=1)
+    rules = logical_rules(MeshConfig()) + (("activation_embed", ()),)
+    # a batch of 4 cannot split 8 ways: without an activation rule the freed fsdp axis lands on embed ...
+    assert activation_spec(("batch", "length", "embed"), logical_rules(MeshConfig()), shape=(4, 9, 64),
+                           mesh=mesh) == P("data", None, "fsdp")
+    # ... with ("activation_embed", ()) the residual stream stays whole, while embed parameters still shard
+    assert activation_spec(("batch", "length", "embed"), rules, shape=(4, 9, 64), mesh=mesh) == P("data", None, None)
+    assert logical_to_spec(("embed", "mlp"), rules, shape=(64, 128), mesh=mesh) == P("fsdp", "tensor")
+    with pytest.raises(ConfigError, match="'nope' has no rule"):
+        activation_spec(("nope",), rules)
+
+
+def test_parameters_and_activations_share_the_translator_on_eight_devices():
+    out = run_with_devices(
+        """
+        import jax, jax.numpy as jnp
+        from medjax.config.schema import MeshConfig
+        from medjax.parallel import logical_rules, make_mesh, use_mesh
+        from medjax.models.layers import Dense, constrain
+        from flax import nnx
+        cfg = MeshConfig(data=4, tensor=2)
+        mesh, rules = make_mesh(cfg), logical_rules(cfg)
+        with use_mesh(mesh, rules):
+            d = Dense(8, 3, names=("embed", "heads"), rngs=nnx.Rngs(0))   # 3 outputs: indivisible by tensor=2
+            e = Dense(8, 4, names=("embed", "heads"), rngs=nnx.Rngs(0))
+            y = jax.jit(lambda x: constrain(x, ("batch", "heads")))(jnp.ones((8, 3)))
+            z = jax.jit(lambda x: constrain(x, ("batch", "heads")))(jnp.ones((8, 4)))
+        shard = lambda a: list(a.sharding.shard_shape(a.shape))  # the block each device holds
+        emit({"d": shard(d.kernel[...]), "e": shard(e.kernel[...]), "y": shard(y), "z": shard(z)})
+        """,
+        devices=8,
+    )
+    assert out["d"] == [8, 3] and out["y"] == [2, 3]  # 3 heads: kept whole in the parameter and the activation
+    assert out["e"] == [8, 2] and out["z"] == [2, 2]  # 4 heads: split over tensor=2 in both
