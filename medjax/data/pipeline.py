@@ -11,6 +11,11 @@ Flow (one process of ``process_count``)::
       -> flatten the ``samples_per_volume`` crops into single samples
       -> batch(batch_size, drop_remainder=True)
 
+When ``batch_size`` is a multiple of ``samples_per_volume`` (and volumes are not skipped, and workers are
+threads), each element is a whole batch instead, its crops written straight into the batch arrays
+(:mod:`medjax.data.batch_crops`): the same batches with one copy per crop fewer. Iterator states of either
+layout restore into the other.
+
 Parallelism (``cfg.workers``): the read/preprocess/crop step of whole volumes runs in a pool of ``cfg.workers``
 threads of this process (``0``: read synchronously in the calling thread), with ``prefetch`` volumes per worker
 buffered ahead. The heavy parts release the GIL (zlib inflation, numpy copies and arithmetic, BLAS), so threads
@@ -37,6 +42,7 @@ from typing import Any
 import numpy as np
 
 from medjax.config.schema import DataConfig
+from medjax.data.batch_crops import LAYOUT_BATCHES, LAYOUT_SAMPLES, BatchCrops, convert_state, use_batch_layout
 from medjax.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -163,19 +169,26 @@ class _VolumeCrops:
             self._perm = cached
         return int(cached[1][pos])
 
-    def __call__(self, index: int, _element=None) -> list[dict] | None:
-        from medjax.data.transforms.recipes import preprocess, random_crops
+    def load(self, index: int) -> tuple[dict, np.random.Generator]:
+        """``(sample, rng)`` of stream element ``index``: the preprocessed (or memory-mapped prepared) volume
+        and the generator its crops are drawn with, seeded by (seed, epoch, global record index).
+        Raises :class:`DataError` naming the file."""
+        from medjax.data.transforms.recipes import preprocess
 
         epoch, pos = divmod(int(index), len(self.records))
         local = self._position(epoch, pos)
-        record = self.records[local]
         global_index = self.process_index + local * self.process_count
+        if self.cached:
+            sample = self._cached_sample(local)
+        else:
+            sample = preprocess(read_sample(self.records[local]), self.cfg)
+        return sample, np.random.default_rng(np.random.SeedSequence([self.seed % 2**63, epoch, global_index]))
+
+    def __call__(self, index: int, _element=None) -> list[dict] | None:
+        from medjax.data.transforms.recipes import random_crops
+
         try:
-            if self.cached:
-                sample = self._cached_sample(local)
-            else:
-                sample = preprocess(read_sample(record), self.cfg)
-            rng = np.random.default_rng(np.random.SeedSequence([self.seed % 2**63, epoch, global_index]))
+            sample, rng = self.load(index)
             crops = random_crops(sample, self.cfg, rng)
         except DataError as e:
             if not self.cfg.skip_bad:
@@ -259,14 +272,22 @@ def build_dataset(cfg: DataConfig, *, batch_size: int, seed: int, process_index:
                                f"({len(records)} records in all); add data or use fewer processes")
     fn = _VolumeCrops(shard, cfg, seed=seed, process_index=process_index, process_count=process_count,
                       cached=cached)
-    ds = grain.MapDataset.range(len(shard)).repeat(num_epochs).map_with_index(fn)
     processes = worker_mode == "processes" and cfg.workers > 0
     if processes:
         threads, buffered = 1, max(2, cfg.prefetch)
     else:
         threads = cfg.workers  # 0: read synchronously in the calling thread
         buffered = threads * max(1, cfg.prefetch)
-    ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=threads, prefetch_buffer_size=buffered))
+    options = grain.ReadOptions(num_threads=threads, prefetch_buffer_size=buffered)
+    if use_batch_layout(cfg, batch_size, worker_mode):  # whole batches per element, crops written in place
+        per_batch = batch_size // cfg.samples_per_volume
+        if num_epochs is None:
+            ds = grain.MapDataset.range(1).repeat(None)
+        else:
+            ds = grain.MapDataset.range(len(shard) * num_epochs // per_batch)
+        return ds.map_with_index(BatchCrops(fn, batch_size)).to_iter_dataset(options)
+    ds = grain.MapDataset.range(len(shard)).repeat(num_epochs).map_with_index(fn)
+    ds = ds.to_iter_dataset(options)
     ds = grain.experimental.FlatMapIterDataset(ds, _flatten_transform(max(1, cfg.samples_per_volume)))
     ds = ds.batch(batch_size, drop_remainder=True)
     if processes:
@@ -287,13 +308,15 @@ class BatchIterator:
     """Iterator over batches (dicts of numpy arrays) with JSON-serialisable ``get_state``/``set_state``.
 
     A state taken mid-epoch and restored (in this or a fresh iterator built with the same settings) yields
-    exactly the batches the original iterator would have yielded next.
+    exactly the batches the original iterator would have yielded next. ``layout`` is how the pipeline forms
+    batches (:mod:`medjax.data.batch_crops`); a state of the other layout is converted on restore.
     """
 
-    def __init__(self, dataset, settings: dict):
+    def __init__(self, dataset, settings: dict, layout: str = LAYOUT_SAMPLES):
         self._dataset = dataset
         self._it = iter(dataset)
         self.settings = settings
+        self.layout = layout
 
     def __iter__(self):
         return self
@@ -302,7 +325,8 @@ class BatchIterator:
         return next(self._it)
 
     def get_state(self) -> dict:
-        state = {"version": STATE_VERSION, "settings": self.settings, "grain": self._it.get_state()}
+        state = {"version": STATE_VERSION, "settings": self.settings, "layout": self.layout,
+                 "grain": self._it.get_state()}
         return json.loads(json.dumps(state))
 
     def set_state(self, state: Mapping[str, Any]) -> None:
@@ -317,7 +341,10 @@ class BatchIterator:
             what = ", ".join(f"{k}: saved {a!r} vs now {b!r}" for k, (a, b) in sorted(diff.items()))
             raise ConfigError(f"data-iterator state does not match this pipeline ({what}); "
                               "restore with the settings the checkpoint was written with")
-        self._it.set_state(state["grain"])
+        grain_state = convert_state(state["grain"], state.get("layout", LAYOUT_SAMPLES), self.layout,
+                                    batch_size=self.settings["batch_size"],
+                                    samples_per_volume=self.settings["samples_per_volume"])
+        self._it.set_state(grain_state)
 
     def close(self) -> None:
         close = getattr(self._it, "close", None)
@@ -340,7 +367,8 @@ def make_iterator(cfg: DataConfig, *, batch_size: int, seed: int, process_index:
     settings = {"batch_size": batch_size, "seed": seed, "process_index": process_index,
                 "process_count": process_count, "workers": cfg.workers, "worker_mode": mode,
                 "samples_per_volume": cfg.samples_per_volume}
-    return BatchIterator(ds, settings)
+    layout = LAYOUT_BATCHES if use_batch_layout(cfg, batch_size, worker_mode) else LAYOUT_SAMPLES
+    return BatchIterator(ds, settings, layout)
 
 
 def to_global_batch(batch: Mapping[str, np.ndarray], sharding) -> dict:

@@ -195,7 +195,7 @@ def _to_int16(label: np.ndarray, name: str) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------------------------- random crops
-def random_crops(sample: dict, cfg, rng: np.random.Generator) -> list[dict]:
+def random_crops(sample: dict, cfg, rng: np.random.Generator, *, out: dict | None = None) -> list[dict]:
     """``cfg.samples_per_volume`` random crops of ``cfg.crop_size`` voxels from a preprocessed sample.
 
     Args:
@@ -206,6 +206,10 @@ def random_crops(sample: dict, cfg, rng: np.random.Generator) -> list[dict]:
       cfg: a :class:`medjax.config.schema.DataConfig` (``spatial_dims``, ``crop_size``, ``slice_axis``,
         ``samples_per_volume``, ``augment``).
       rng: the random generator; the crops are deterministic given its state.
+      out: optional buffers to write the crops into instead of allocating them (the pipeline passes slices of
+        a batch, so crops are never copied again): ``{"image": float32 (samples_per_volume, *crop, C),
+        "label": int32 (samples_per_volume, *crop) (when labelled), "class": int32 (samples_per_volume, ...)
+        (when present)}``; the returned dicts then hold views of them. Same values either way.
 
     Returns:
       A list of ``{"image": float32 (*crop, C), "label": int32 (*crop) if labelled, "class": int32 if
@@ -249,34 +253,44 @@ def random_crops(sample: dict, cfg, rng: np.random.Generator) -> list[dict]:
         scale = shift = None
         if cfg.augment:
             img, lab, scale, shift = _augment_views(img, lab, rng, cfg)
-        out = {"image": _to_float32(img, scale, shift)}
+        k = len(crops)
+        dst = (lambda key: None) if out is None else (lambda key: out[key][k, ...])  # noqa: E731
+        crop = {"image": _to_float32(img, scale, shift, out=dst("image"))}
         if lab is not None:
-            out["label"] = _copy_as(lab, np.int32)
+            crop["label"] = _copy_as(lab, np.int32, out=dst("label"))
         if cls is not None:
-            out["class"] = cls.copy()
-        crops.append(out)
+            crop["class"] = _copy_as(cls, np.int32, out=dst("class"))
+        crops.append(crop)
     return crops
 
 
-def _copy_as(view: np.ndarray, dtype) -> np.ndarray:
-    """One pass: a C-contiguous ``dtype`` copy of a (possibly flipped / rotated / memory-mapped) view."""
-    out = np.empty(view.shape, dtype=dtype)
+def _copy_as(view: np.ndarray, dtype, out: np.ndarray | None = None) -> np.ndarray:
+    """One pass: a C-contiguous ``dtype`` copy of a (possibly flipped / rotated / memory-mapped) view, into
+    ``out`` (same shape) when given."""
+    if out is None:
+        out = np.empty(view.shape, dtype=dtype)
+    elif out.shape != view.shape or out.dtype != dtype:
+        raise ValueError(f"crop buffer is {out.dtype} {out.shape}, the crop {np.dtype(dtype)} {view.shape}")
     np.copyto(out, view, casting="unsafe")
     return out
 
 
-def _to_float32(view: np.ndarray, scale, shift) -> np.ndarray:
-    """A C-contiguous float32 copy of ``view``, times ``scale`` plus ``shift`` (float32 scalars) when given.
+def _to_float32(view: np.ndarray, scale, shift, out: np.ndarray | None = None) -> np.ndarray:
+    """A C-contiguous float32 copy of ``view`` (into ``out`` when given), times ``scale`` plus ``shift``
+    (float32 scalars) when given.
 
     The jitter is fused into the copy (``multiply`` writes straight into the output), so a crop is read once.
     """
     if scale is None:
-        return _copy_as(view, np.float32)
+        return _copy_as(view, np.float32, out)
     if view.dtype == np.float32:
-        out = np.empty(view.shape, dtype=np.float32)
+        if out is None:
+            out = np.empty(view.shape, dtype=np.float32)
+        elif out.shape != view.shape or out.dtype != np.float32:
+            raise ValueError(f"crop buffer is {out.dtype} {out.shape}, the crop float32 {view.shape}")
         np.multiply(view, scale, out=out)
     else:
-        out = _copy_as(view, np.float32)
+        out = _copy_as(view, np.float32, out)
         out *= scale
     out += shift
     return out
