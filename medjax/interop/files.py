@@ -17,6 +17,7 @@ import numpy as np
 from medjax.errors import MedjaxError
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
+CONFIG_NAMES = ("config.json", "monai_args.json")  # read beside the weights: HF/timm config, MONAI constructor args
 
 
 class WeightsError(MedjaxError, ValueError):
@@ -82,22 +83,20 @@ def read_weights(src, *, allow_pickle: bool = False) -> tuple[dict[str, np.ndarr
 
     Returns:
       ``(state_dict, config, path)``: tensor name -> numpy array (float tensors as float32), the parsed
-      ``config.json`` beside the weights (None when absent), and the weights path read.
+      ``config.json`` (or MONAI ``monai_args.json``) beside the weights (None when absent), and the weights path.
     """
     from safetensors.numpy import load_file
 
     path = Path(src).expanduser()
     if not path.exists():
         raise WeightsError(f"{path}: no such file or folder")
+    folder = path if path.is_dir() else path.parent
     config = None
-    if path.is_dir():
-        if (path / "config.json").is_file():
-            config = json.loads((path / "config.json").read_text())
-        files = _safetensor_files(path)
-    else:
-        files = [path]
-        if (path.parent / "config.json").is_file() and path.suffix == ".safetensors":
-            config = json.loads((path.parent / "config.json").read_text())
+    for name in CONFIG_NAMES:
+        if (folder / name).is_file() and (path.is_dir() or path.suffix == ".safetensors"):
+            config = json.loads((folder / name).read_text())
+            break
+    files = _safetensor_files(path) if path.is_dir() else [path]
     sd: dict[str, np.ndarray] = {}
     for f in files:
         if f.suffix in PICKLE_SUFFIXES:

@@ -106,7 +106,7 @@ def _any_qkv_bias(c: dict) -> bool:
     return any(np.any(v != 0) for k, v in c.items() if k.endswith((".q.b", ".k.b", ".v.b")))
 
 
-def _blocks(c: dict, src: str, dst: str, depth: int, bias: bool) -> dict:
+def _blocks(c: dict, src: str, dst: str, depth: int, bias: bool, norm_cross: bool = False) -> dict:
     sd = {}
     names = {"ln1": "norm1", "ln2": "norm2", "o": "attn.out_proj", "fc1": "mlp.linear1", "fc2": "mlp.linear2"}
     for i in range(depth):
@@ -116,6 +116,10 @@ def _blocks(c: dict, src: str, dst: str, depth: int, bias: bool) -> dict:
         sd[f"{dst}.{i}.attn.qkv.weight"] = np.concatenate([c[f"{src}.{i}.{p}.w"] for p in "qkv"], axis=0)
         if bias:
             sd[f"{dst}.{i}.attn.qkv.bias"] = np.concatenate([c[f"{src}.{i}.{p}.b"] for p in "qkv"], axis=0)
+        if norm_cross:  # MONAI's transformer blocks hold an unused cross-attention LayerNorm: written at its init
+            width = c[f"{src}.{i}.ln1.w"].shape[0]
+            sd[f"{dst}.{i}.norm_cross_attn.weight"] = np.ones((width,), np.float32)
+            sd[f"{dst}.{i}.norm_cross_attn.bias"] = np.zeros((width,), np.float32)
     return sd
 
 
@@ -135,7 +139,7 @@ def write(arch: Arch, c: dict, *, kind: str) -> tuple[dict, dict]:
             "hidden_size": arch.width, "mlp_dim": arch.mlp_dim, "num_layers": arch.depth, "num_heads": arch.heads,
             "proj_type": "conv", "pos_embed_type": "learnable", "dropout_rate": 0.0,
             "spatial_dims": arch.spatial_dims, "qkv_bias": bool(bias)}
-    sd.update(_blocks(c, "blocks", "blocks", arch.depth, bias))
+    sd.update(_blocks(c, "blocks", "blocks", arch.depth, bias, norm_cross=True))
     if kind == "vit":
         sd.update({"norm.weight": c["norm.w"], "norm.bias": c["norm.b"]})
         if prefix:
@@ -153,7 +157,7 @@ def write(arch: Arch, c: dict, *, kind: str) -> tuple[dict, dict]:
                "mask_tokens": c["dec.mask"], "decoder_pos_embedding": c["dec.pos"][:, prefix:],
                f"decoder_blocks.{d.depth}.weight": c["dec.norm.w"], f"decoder_blocks.{d.depth}.bias": c["dec.norm.b"],
                "decoder_pred.weight": c["dec.pred.w"], "decoder_pred.bias": c["dec.pred.b"]})
-    sd.update(_blocks(c, "dec.blocks", "decoder_blocks", d.depth, bias))
+    sd.update(_blocks(c, "dec.blocks", "decoder_blocks", d.depth, bias, norm_cross=True))
     args.update(masking_ratio=arch.mask_ratio, decoder_hidden_size=d.width, decoder_mlp_dim=d.mlp_dim,
                 decoder_num_layers=d.depth, decoder_num_heads=d.heads, decoder_pos_embed_type="learnable")
     return sd, {"class": "monai.networks.nets.MaskedAutoEncoderViT", "args": args}
