@@ -21,13 +21,18 @@ def info(workdir, step: int | None = None) -> dict:
     """Summary dict of ``WORKDIR/checkpoints`` (see module docstring); raises CheckpointError when empty."""
     from medjax.training.checkpoint import Checkpointer
     from medjax.training.digest import count_params, params_digest
+    from medjax.training.restore import open_checkpoint, read_arrays
 
     ck = Checkpointer(workdir, read_only=True)
     steps = ck.all_steps()
-    state, data_state, meta = ck.restore_unsharded(step)
-    step = steps[-1] if step is None else step
-    params = state["params"] if isinstance(state, dict) and "params" in state else state
-    meta = meta or {}
+    saved = open_checkpoint(workdir, step)  # only the parameters are read (not the optimizer state)
+    step = saved.step
+    if saved.keys("params"):
+        params = read_arrays(saved, ("params",))[0]["params"]
+    else:  # a state that is not a medjax train state: count and digest all of it
+        params = read_arrays(saved, tuple({k.split("/", 1)[0] for k in saved.arrays}))[0]
+    data_state = ck.read_item("data", step)
+    meta = saved.meta
     return {
         "workdir": str(workdir),
         "directory": str(ck.directory),
