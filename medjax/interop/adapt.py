@@ -3,10 +3,12 @@
 - :func:`inflate_3d`: a 2D network to volumes. The patch kernel (D, C, p1, p2) gains a depth axis of ``depth``
   voxels (the volume's last spatial axis, the axis 2D slices are drawn along): ``"repeat"`` copies it over depth
   and divides by ``depth``, so a volume constant along depth gives exactly the 2D patch tokens; ``"centre"`` puts
-  it on the centre slice and zeros elsewhere, so each 3D patch sees its centre slice. A learned position table is
-  repeated over the new grid axis (a sin-cos one too, becoming learned), so on a depth-constant volume every token
-  of depth column (i, j, k) and the CLS token equal the 2D model's (attention over identical copies of each key
-  gives the same weights).
+  it on the centre slice and zeros elsewhere, so each 3D patch sees its centre slice. The position table is
+  repeated over the new grid axis (a sin-cos one too, becoming learned). The rule, tested: on a depth-constant
+  volume (``"centre"``: a volume whose patch-centre slices hold the image) every 3D patch token (i, j, k) entering
+  the transformer equals the 2D token (i, j); without a CLS token the whole encoder output does too (attention
+  over identical copies of every key gives the same weights). A CLS token is a single key among copies, so its
+  attention weight shrinks by the number of depth patches and outputs are close but not equal.
 - :func:`resize_positions`: a learned table interpolated to a new grid (bi/trilinear,
   :func:`medjax.models.resize_pos_embed`); fixed sin-cos tables are rebuilt for any grid by the model itself.
 - :func:`adapt_channels`: C -> 1 by summing the kernels over channels (an image replicated over C channels gives

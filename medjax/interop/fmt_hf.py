@@ -10,7 +10,7 @@ norm-pix target uses the unbiased variance. The ViT pooler and classifier heads 
 from __future__ import annotations
 
 from medjax.interop.arch import Arch, Decoder, check
-from medjax.interop.keymap import block_complete, default_heads, depth_of, infer_grid, rename, size_tuple
+from medjax.interop.keymap import block_complete, default_heads, depth_of, native_size, rename, size_tuple
 
 _BLOCK = [
     (r"attention\.(?:attention\.query|q_proj)", "q"), (r"attention\.(?:attention\.key|k_proj)", "k"),
@@ -57,12 +57,8 @@ def read(sd: dict, config: dict | None, *, kind: str, source: str, input_size=No
         raise ValueError(f"{source}: no embeddings.cls_token")
     n = 2
     tokens = c["pos"].shape[1] - 1
-    if input_size is not None:
-        size = size_tuple(input_size, n)
-    elif "image_size" in cfg:
-        size = size_tuple(cfg["image_size"], n)
-    else:
-        size = tuple(g * p for g, p in zip(infer_grid(tokens, n, source), patch))
+    size = native_size(tokens, hint=input_size, config_size=cfg.get("image_size"), patch=patch, spatial_dims=n,
+                       source=source)
     if cfg.get("patch_size") is not None:
         check(size_tuple(cfg["patch_size"], n) == tuple(patch), f"{source}: config patch_size {cfg['patch_size']} "
                                                                 f"!= patch embedding kernel {tuple(patch)}")

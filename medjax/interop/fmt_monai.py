@@ -16,7 +16,7 @@ import re
 import numpy as np
 
 from medjax.interop.arch import Arch, Decoder, check
-from medjax.interop.keymap import block_complete, default_heads, depth_of, infer_grid, rename, size_tuple
+from medjax.interop.keymap import block_complete, default_heads, depth_of, native_size, rename
 
 MONAI_EPS = 1e-5
 
@@ -71,12 +71,8 @@ def read(sd: dict, config: dict | None, *, kind: str, source: str, spatial_dims=
     qkv_bias = block_complete(c, depth, "blocks.", source)
     cls = "cls" in c
     tokens = c["pos"].shape[1]
-    if input_size is not None:
-        size = size_tuple(input_size, n)
-    elif "img_size" in args:
-        size = size_tuple(args["img_size"], n)
-    else:
-        size = tuple(g * p for g, p in zip(infer_grid(tokens, n, source), patch))
+    size = native_size(tokens, hint=input_size, config_size=args.get("img_size"), patch=patch, spatial_dims=n,
+                       source=source)
     check(tokens == int(np.prod([s // p for s, p in zip(size, patch)])),
           f"{source}: patch_embedding.position_embeddings has {tokens} rows, input size {size} / patch "
           f"{tuple(patch)} needs {int(np.prod([s // p for s, p in zip(size, patch)]))}")

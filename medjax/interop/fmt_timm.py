@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from medjax.interop.arch import Arch, check
-from medjax.interop.keymap import block_complete, default_heads, depth_of, infer_grid, rename, size_tuple
+from medjax.interop.keymap import block_complete, default_heads, depth_of, native_size, rename
 
 RULES = [(r"cls_token", "cls"), (r"pos_embed", "pos"), (r"patch_embed\.proj\.weight", "patch.w"),
          (r"patch_embed\.proj\.bias", "patch.b"), (r"norm\.weight", "norm.w"), (r"norm\.bias", "norm.b")]
@@ -36,13 +36,9 @@ def read(sd: dict, config: dict | None, *, source: str, input_size=None, heads=N
     prefix = 1 if cls else 0
     rows = c["pos"].shape[1]
     pcfg = (config or {}).get("pretrained_cfg", {}) if config else {}
-    if input_size is not None:
-        size = size_tuple(input_size, 2)
-    elif pcfg.get("input_size"):
-        size = tuple(int(s) for s in pcfg["input_size"][1:])
-    else:
-        tokens = rows - prefix if rows - prefix > 0 and round((rows - prefix) ** 0.5) ** 2 == rows - prefix else rows
-        size = tuple(g * p for g, p in zip(infer_grid(tokens, 2, source), patch))
+    cfg_size = tuple(int(v) for v in pcfg["input_size"][1:]) if pcfg.get("input_size") else None
+    grid_rows = rows - prefix if prefix and round((rows - prefix) ** 0.5) ** 2 == rows - prefix else rows
+    size = native_size(grid_rows, hint=input_size, config_size=cfg_size, patch=patch, spatial_dims=2, source=source)
     grid_tokens = int(np.prod([s // p for s, p in zip(size, patch)]))
     if cls and rows == grid_tokens:  # no_embed_class: the CLS token gets no position
         c["pos"] = np.concatenate([np.zeros((1, 1, width), np.float32), c["pos"]], axis=1)

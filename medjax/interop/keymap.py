@@ -75,6 +75,18 @@ def infer_grid(tokens: int, spatial_dims: int, source: str) -> tuple[int, ...]:
     return (side,) * spatial_dims
 
 
+def native_size(tokens: int, *, hint, config_size, patch, spatial_dims: int, source: str) -> tuple[int, ...]:
+    """The input size the weights were trained at: from the config, else the requested size ``hint`` when its grid
+    holds exactly ``tokens`` patches, else the square/cubic grid of ``tokens`` (the caller then resizes)."""
+    if config_size is not None:
+        return size_tuple(config_size, spatial_dims)
+    if hint is not None:
+        size = size_tuple(hint, spatial_dims)
+        if len(size) == len(patch) and math.prod(s // p for s, p in zip(size, patch)) == tokens:
+            return size
+    return tuple(g * p for g, p in zip(infer_grid(tokens, spatial_dims, source), patch))
+
+
 def default_heads(width: int, heads: int | None, source: str) -> int:
     """``heads`` if given, else the ViT convention of 64-wide heads (the weights do not record the head count)."""
     heads = heads or max(1, width // 64)

@@ -39,7 +39,7 @@ def read(src, format: str, *, spatial_dims: int | None = None, input_size=None, 
         raise WeightsError(f"--format {format!r}: use one of {', '.join(FORMATS)}")
     sd, config, path = read_weights(src, allow_pickle=allow_pickle)
     source = str(path)
-    native_size = None if (spatial_dims == 3 and format in ("hf-vitmae", "hf-vit", "timm-vit")) else input_size
+    native_size = input_size  # a hint: used as the native size only when the position table fits it
     try:
         if format in ("hf-vitmae", "hf-vit"):
             arch, c, dropped = fmt_hf.read(sd, config, kind=format[3:], source=source, input_size=native_size,
