@@ -8,8 +8,11 @@ def register(sub) -> None:
         "prepare",
         help="preprocess a dataset once into a prepared cache (uncompressed .npy, memory-mapped crops)",
         description="Read, reorient, resample, normalise, foreground-crop and pad every volume of SRC once, in "
-        "parallel, and store the results in OUT with a manifest whose fingerprint covers these settings and the "
-        "source files. Train from it with --set data.cache_dir=OUT.",
+        "parallel, and store the results in OUT with a manifest that records these settings, SRC (resolved path "
+        "and kind), its record list and a fingerprint of every source file (size, modification time, hash of the "
+        "first 4 KiB). Train from it with --set data.dir=SRC data.cache_dir=OUT: a cache used with another "
+        "data.dir, other settings, or after records or files changed is refused with the command that "
+        "rebuilds it.",
     )
     p.add_argument("src", help="dataset: a folder of volumes, an MSD folder (dataset.json) or a CSV/JSON manifest")
     p.add_argument("out", help="cache folder to write")
@@ -60,5 +63,5 @@ def run(args) -> int:
     cfg = config_from_args(args)
     manifest = prepare(args.src, args.out, cfg, workers=args.workers, export_nifti=args.export_nifti)
     print(f"{cache_summary(manifest)} -> {args.out}")
-    print(f"train from it with: --set data.cache_dir={args.out}")
+    print(f"train from it with: --set data.dir={args.src} data.cache_dir={args.out}")
     return 0

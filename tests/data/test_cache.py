@@ -169,6 +169,7 @@ def test_prepare_cli(tmp_path, capsys):
     assert rc == 0
     printed = capsys.readouterr().out
     assert "prepared 2 records" in printed and "MB" in printed
+    assert f"--set data.dir={root} data.cache_dir={out}" in printed  # both: the cache is checked against data.dir
     records = open_cache(str(out), cfg_for(root))
     assert len(records) == 2
     assert os.path.isfile(os.path.join(os.path.dirname(records[0]["image"]), "image.nii.gz"))
