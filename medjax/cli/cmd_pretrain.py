@@ -20,6 +20,9 @@ def register(subparsers) -> None:
     p.add_argument("--restart", action="store_true",
                    help="delete WORKDIR's checkpoints, metrics and logs and start from step 0")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs still go to WORKDIR)")
+    p.add_argument("--profile", type=int, default=0, metavar="STEPS",
+                   help="record a JAX profiler trace of STEPS steps after the first (compiling) one into "
+                        "WORKDIR/tb (TensorBoard's profile tab; needs the tensorboard-plugin-profile package)")
     g = p.add_argument_group(
         "multi-process", "Run the same command in every process. Without these flags (or MEDJAX_* variables) JAX "
         "detects TPU pods, SLURM and Open MPI jobs itself; otherwise the run is a single process.")
@@ -30,8 +33,9 @@ def register(subparsers) -> None:
     g.add_argument("--process-id", type=int, default=None, metavar="I",
                    help="this process's index in [0, N) (env MEDJAX_PROCESS_ID)")
     g.add_argument("--data-shards", type=int, default=None, metavar="S",
-                   help="split the data into S shards (a multiple of the process count; default: one per "
-                        "process); runs with the same S see the same global batches whatever the process count")
+                   help="split the data into S shards (a multiple of the process count; default: the resumed "
+                        "checkpoint's S, else one per process); runs with the same S see the same global batches "
+                        "whatever the process count")
     p.set_defaults(func=run)
 
 
@@ -46,7 +50,7 @@ def run(args) -> int:
     cfg = load_config(args.config, args.overrides)
     workdir = args.workdir or f"runs/{cfg.name}"
     summary = pretrain(cfg, workdir, restart=args.restart, progress=not args.no_progress,
-                       data_shards=args.data_shards)
+                       data_shards=args.data_shards, profile_steps=args.profile)
     import jax
 
     if jax.process_index() == 0:

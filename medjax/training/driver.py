@@ -51,7 +51,8 @@ class LoopResult:
 
 
 def run_steps(cfg, state, step_fn, *, start: int, next_batch: Callable[[], dict], save: Callable, ckpt, logger,
-              mesh, rules, on_step: Callable | None = None, before_final_save: Callable | None = None) -> LoopResult:
+              mesh, rules, on_step: Callable | None = None, before_final_save: Callable | None = None,
+              profile_steps: int = 0, profile_dir=None) -> LoopResult:
     """Run ``step_fn`` from step ``start`` to ``cfg.train.steps`` (see the module doc for the callbacks).
 
     Args:
@@ -62,6 +63,9 @@ def run_steps(cfg, state, step_fn, *, start: int, next_batch: Callable[[], dict]
       ckpt: the run's :class:`~medjax.training.checkpoint.Checkpointer` (waited on before returning).
       logger: the run's :class:`~medjax.training.logging.RunLogger`.
       mesh, rules: the device mesh and logical-axis rules active while stepping.
+      profile_steps, profile_dir: record a JAX profiler trace of ``profile_steps`` steps, starting after the
+        first (compiling) step, into ``profile_dir`` (TensorBoard's profile plugin reads it:
+        ``profile_dir/plugins/profile/<run>/*.xplane.pb``); 0 = no trace.
 
     Raises :class:`TrainingDivergedError` after ``cfg.train.max_nonfinite`` consecutive non-finite steps (the
     state is saved first and the logger closed).
@@ -106,9 +110,11 @@ def run_steps(cfg, state, step_fn, *, start: int, next_batch: Callable[[], dict]
                 f"(parameters of step {s - bad}); lower train.lr, raise train.warmup_steps or check "
                 "the data (`medjax data check`)")
 
-    with StopRequest() as stop:
+    profiler = _Profiler(profile_steps, profile_dir)
+    with StopRequest() as stop, profiler:
         while step < cfg.train.steps:
             t0 = time.time()
+            profiler.before_step(step - start)
             batch = next_batch()
             with use_mesh(mesh, rules):
                 if compile_s is None and jax.process_count() > 1:
@@ -142,9 +148,51 @@ def run_steps(cfg, state, step_fn, *, start: int, next_batch: Callable[[], dict]
                     stopped = stop
                     break
         settle()
+        profiler.stop()
         if before_final_save is not None and stopped is None and step > start:
             state = before_final_save(state)
         save(step, state, host, True)
         ckpt.wait()
     return LoopResult(state=state, step=step, host=host, first_loss=first_loss, compile_s=compile_s,
                       stopped=stopped)
+
+
+class _Profiler:
+    """Start a ``jax.profiler`` trace before step ``start + 1`` (after compilation) and stop it ``steps`` steps
+    later (waiting for the device), at the end of the loop, or on an error."""
+
+    def __init__(self, steps: int, directory):
+        if steps < 0:
+            raise ValueError(f"--profile {steps}: must be >= 0 steps")
+        self.steps, self.directory, self.active, self.done = int(steps), directory, False, False
+        if self.steps and directory is None:
+            raise ValueError("profiling needs a directory for the trace")
+
+    def before_step(self, i: int) -> None:
+        """Called before the ``i``-th step of this run (0-based)."""
+        if not self.steps or self.done:
+            return
+        if i == 1 and not self.active:
+            import jax
+
+            jax.profiler.start_trace(str(self.directory))
+            self.active = True
+        elif self.active and i == 1 + self.steps:
+            self.stop()
+
+    def stop(self) -> None:
+        if self.active:
+            import jax
+
+            jax.effects_barrier()
+            for a in jax.live_arrays():
+                a.block_until_ready()
+            jax.profiler.stop_trace()
+            self.active, self.done = False, True
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+        return False
