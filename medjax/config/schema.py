@@ -22,7 +22,7 @@ class DataConfig:
     crop_size: tuple[int, ...] = (96, 96, 96)  # voxels per random crop, one entry per spatial dim
     spacing: tuple[float, ...] = (1.5, 1.5, 1.5)  # target voxel spacing in mm (x, y, z); () keeps native spacing
     orientation: str = "RAS"  # canonical orientation code the volumes are reoriented to
-    intensity: str = "mri"  # "ct": HU window; "mri": z-score over foreground; "none": as stored
+    intensity: str = "mri"  # "ct": HU window; "mri": z-score over voxels > 0 (the zero background excluded); "none": as stored
     ct_window: tuple[float, float] = (-1000.0, 1000.0)  # HU range clipped and scaled to [0, 1] when intensity="ct"
     crop_foreground: bool = True  # crop to the foreground bounding box before random crops
     samples_per_volume: int = 2  # random crops drawn from each volume per epoch
