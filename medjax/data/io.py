@@ -53,7 +53,8 @@ def read_image(path, *, mmap: bool = True, check: bool = True, is_label: bool = 
       is_label: the file is a label map: a constant map is allowed, values must be integer classes.
 
     Returns:
-      ``Image``: array ``(X, Y[, Z])`` or channels-last ``(X, Y, Z, C)`` (4D NIfTI); float32 for floating or
+      ``Image``: array ``(X, Y[, Z])`` or channels-last ``(X, Y, Z, C)`` (4-D NIfTI, or the 5-D vector layout
+      ``(X, Y, Z, 1, C)``; see :func:`medjax.data.io_nifti.read_nifti`); float32 for floating or
       scaled data, the native integer dtype otherwise (DICOM with integral rescaling: int16 when it fits,
       e.g. CT in Hounsfield units); affine ``(4, 4)`` voxel -> RAS+ mm.
     """
