@@ -75,7 +75,7 @@ def _tb_images(preview: dict) -> dict:
 
 
 def pretrain(cfg: Config, workdir, *, restart: bool = False, progress: bool = True,
-             data_shards: int | None = None) -> dict:
+             data_shards: int | None = None, profile_steps: int = 0) -> dict:
     """Pretrain the MAE of ``cfg`` in ``workdir``, resuming from its latest checkpoint unless ``restart``.
 
     Returns a summary dict: ``workdir``, ``checkpoint`` (directory of the last checkpoint), ``step``,
@@ -86,9 +86,10 @@ def pretrain(cfg: Config, workdir, *, restart: bool = False, progress: bool = Tr
 
     Multi-process (after :func:`medjax.parallel.distributed.setup`): every process runs this function; each
     reads its data shards, only process 0 logs and writes files, checkpoints are written once by all together.
-    ``data_shards`` (default: the process count) fixes the global batch independently of the process count
-    (rule in :mod:`medjax.parallel.distributed`): 2 processes and 1 process with ``data_shards=2`` see the
-    same batches.
+    ``data_shards`` (default: the resumed checkpoint's, else the process count) fixes the global batch
+    independently of the process count (rule in :mod:`medjax.data.global_batches`): 2 processes and 1 process
+    with ``data_shards=2`` see the same batches. ``profile_steps`` > 0 records a JAX profiler trace of that
+    many steps (after the compiling first step) into ``WORKDIR/tb`` for TensorBoard's profile tab.
 
     Raises:
       TrainingDivergedError: ``cfg.train.max_nonfinite`` consecutive non-finite steps (state saved first).
@@ -152,7 +153,8 @@ def pretrain(cfg: Config, workdir, *, restart: bool = False, progress: bool = Tr
                 logger.images(s, _tb_images(previewer(st, batch["image"])))
 
         result = run_steps(cfg, run.state, step_fn, start=run.start, next_batch=next_batch, save=save, ckpt=ckpt,
-                           logger=logger, mesh=mesh, rules=spec.rules, on_step=previews)
+                           logger=logger, mesh=mesh, rules=spec.rules, on_step=previews,
+                           profile_steps=profile_steps, profile_dir=workdir / "tb")
         ckpt.wait()
         summary = _finish(cfg, workdir, result, last["batch"], previewer, logger, ckpt, resumed_from,
                           num_params, t_start, params_digest, read_metrics, main)
