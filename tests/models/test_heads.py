@@ -143,3 +143,22 @@ def test_unetr_group_norm_equals_nnx_group_norm(shape, channels):
     norm.bias[...] = jax.random.normal(jax.random.key(2), (channels,))
     x = 3.0 + 2.0 * jax.random.normal(jax.random.key(3), (*shape, channels))
     np.testing.assert_allclose(np.asarray(_group_norm(norm, x)), np.asarray(norm(x)), rtol=1e-4, atol=1e-4)
+
+
+def test_unetr_cpu_rewrites_run_only_on_the_cpu_backend(monkeypatch):
+    """Off the CPU the plain flax convolutions run (the rewrites were measured to help on the CPU only)."""
+    from medjax.models.heads import unetr
+
+    conv = nnx.Conv(4, 6, (3, 3, 3), padding="SAME", use_bias=False, rngs=nnx.Rngs(0))
+    up = nnx.ConvTranspose(4, 3, (2, 2, 2), strides=(2, 2, 2), padding="VALID", rngs=nnx.Rngs(1))
+    x = jax.random.normal(jax.random.key(2), (1, 4, 4, 4, 4))
+    cpu_conv = jax.make_jaxpr(lambda v: unetr._conv3(conv, v))(x)
+    cpu_up = jax.make_jaxpr(lambda v: unetr._up(up, v))(x)
+    assert "conv_general_dilated" in str(cpu_conv) and "lhs_dilation=(1, 1)" in str(cpu_conv)  # 2D convs
+    assert "conv_general_dilated" not in str(cpu_up)  # a matmul and a reshape
+    monkeypatch.setattr(unetr.jax, "default_backend", lambda: "gpu")
+    assert not unetr._cpu_rewrites()
+    gpu_conv = str(jax.make_jaxpr(lambda v: unetr._conv3(conv, v))(x))
+    gpu_up = str(jax.make_jaxpr(lambda v: unetr._up(up, v))(x))
+    assert "lhs_dilation=(1, 1, 1)" in gpu_conv and gpu_conv.count("conv_general_dilated") == 1  # one 3D conv
+    assert "conv_general_dilated" in gpu_up  # the transposed convolution itself

@@ -87,16 +87,25 @@ def _plain(conv: nnx.Conv, padding: str | None = None) -> bool:
             and (padding is None or conv.padding == padding))
 
 
+def _cpu_rewrites() -> bool:
+    """Whether the CPU-specific convolution rewrites apply: only on XLA's CPU backend, where they were measured
+    to help (3D and transposed convolutions take a slow generic path there); elsewhere the plain layers run
+    (cuDNN / TPU convolutions are fast as they are)."""
+    return jax.default_backend() == "cpu"
+
+
 def _conv3(conv: nnx.Conv, x: jax.Array) -> jax.Array:
     """``conv(x)`` for a bias-free stride-1 ``SAME`` 3x3x3 ``nnx.Conv``, computed as 2D convolutions.
 
-    XLA's CPU backend runs 3D convolutions through a slow generic path; the same sum is cheaper as 2D
+    Only on the CPU backend (:func:`_cpu_rewrites`). XLA's CPU backend runs 3D convolutions through a slow
+    generic path; the same sum is cheaper as 2D
     convolutions over (H, W) with the depth folded into the batch: one per depth tap, or (for few input
     channels) one over the three depth taps stacked in the channel axis. Exactly the same maths (float
     summation order aside). Other kernels/dimensions fall back to ``conv(x)``.
     """
     kernel = conv.kernel[...]
-    if kernel.shape[:-2] != (3, 3, 3) or x.ndim != 5 or conv.bias is not None or not _plain(conv, "SAME"):
+    if (not _cpu_rewrites() or kernel.shape[:-2] != (3, 3, 3) or x.ndim != 5 or conv.bias is not None
+            or not _plain(conv, "SAME")):
         return conv(x)
     dtype = jnp.result_type(x.dtype, kernel.dtype)
     x, kernel = x.astype(dtype), kernel.astype(dtype)
@@ -139,12 +148,13 @@ def _up(conv: nnx.ConvTranspose, x: jax.Array) -> jax.Array:
     ``k1 x ... x kn`` output block, ``out[s*i + a] = x[i] @ kernel[k-1-a]`` (lax.conv_transpose without
     ``transpose_kernel`` flips the kernel). That is a per-voxel Dense to ``prod(k) * C_out`` followed by a
     depth-to-space reshape/transpose -- much faster on XLA's CPU backend than its transposed convolution.
+    Only on the CPU backend (:func:`_cpu_rewrites`).
     """
     kernel = conv.kernel[...]
     k = tuple(kernel.shape[:-2])
     nd = len(k)
-    if (tuple(_tup(conv.strides, nd)) != k or conv.padding != "VALID" or conv.transpose_kernel
-            or any(r != 1 for r in _tup(conv.kernel_dilation, nd))):
+    if (not _cpu_rewrites() or tuple(_tup(conv.strides, nd)) != k or conv.padding != "VALID"
+            or conv.transpose_kernel or any(r != 1 for r in _tup(conv.kernel_dilation, nd))):
         return conv(x)
     cin, cout = kernel.shape[-2:]
     dtype = jnp.result_type(x.dtype, kernel.dtype)
