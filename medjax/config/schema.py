@@ -85,6 +85,7 @@ class MeshConfig:
     data: int = -1  # data-parallel axis size (-1: the devices left over)
     fsdp: int = 1  # parameter/optimizer-state sharding axis size (ZeRO-3 style)
     tensor: int = 1  # tensor-parallel axis size (heads and MLP)
+    dcn_data: int = 1  # slices over DCN (TPU multi-slice): data/fsdp/tensor size one slice; data spans the slices too
     # logical axis -> mesh axes; models name logical axes only
     rules: tuple[tuple[str, tuple[str, ...]], ...] = (
         ("batch", ("data", "fsdp")),
