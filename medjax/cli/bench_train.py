@@ -24,6 +24,11 @@ def register(subparsers) -> None:
                         "ViTMAEForPreTraining (2D), monai = MONAI MaskedAutoEncoderViT (2D/3D); adds peer_* keys "
                         "and ratio (needs the interop extra: torch, transformers, MONAI)")
     p.add_argument("--peer-compile", action="store_true", help="run the peer's step through torch.compile")
+    p.add_argument("--peer-dtype", choices=("float32", "bfloat16"), default=None,
+                   help="the peer's compute dtype (default: model.dtype; MONAI's MAE crashes under bf16 autocast)")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="CPU only: limit medjax (XLA's CPU thread pool) and the peer (torch intra-op threads) to N "
+                        "threads each; 1 gives a per-core comparison that a busy machine disturbs least")
     p.add_argument("--repeat", type=int, default=1,
                    help="timed rounds, alternating medjax and the peer (default 1); the best round is reported")
     p.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
@@ -33,6 +38,11 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     import json
+
+    if args.threads is not None:
+        if args.threads < 1:
+            raise SystemExit(f"--threads {args.threads}: must be >= 1")
+        set_cpu_threads(args.threads)
 
     from medjax.config import load_config
     import sys
@@ -44,10 +54,27 @@ def run(args) -> int:
         result = memory_report(cfg, batch=args.batch)
     else:
         result = bench_train(cfg, steps=args.steps, batch=args.batch, peak=args.peak_tflops, peer=args.peer,
-                             repeat=args.repeat, peer_compile=args.peer_compile)
+                             repeat=args.repeat, peer_compile=args.peer_compile, threads=args.threads,
+                             peer_dtype=args.peer_dtype)
         print(format_summary(result), file=sys.stderr, flush=True)
     print(json.dumps(result), flush=True)
     return 0
+
+
+def set_cpu_threads(n: int) -> None:
+    """Limit XLA's CPU backend to ``n`` threads (before JAX starts its backend) and torch to ``n`` intra-op
+    threads; recorded in the result as ``cpu_threads``."""
+    import os
+    import sys
+
+    if "jax" in sys.modules:
+        import jax._src.xla_bridge as xb
+
+        if xb.backends_are_initialized():
+            raise RuntimeError("--threads must be applied before JAX starts its backend")
+    flags = os.environ.get("XLA_FLAGS", "")
+    extra = f"--xla_cpu_multi_thread_eigen={'true' if n > 1 else 'false'} intra_op_parallelism_threads={n}"
+    os.environ["XLA_FLAGS"] = f"{flags} {extra}".strip()
 
 
 def memory_report(cfg, *, batch: int | None = None) -> dict:

@@ -108,7 +108,8 @@ class _MedjaxRunner:
 
 
 def bench_train(cfg, *, steps: int = 10, batch: int | None = None, peak: float | None = None,
-                peer: str | None = None, repeat: int = 1, peer_compile: bool = False) -> dict:
+                peer: str | None = None, repeat: int = 1, peer_compile: bool = False,
+                threads: int | None = None, peer_dtype: str | None = None) -> dict:
     """Time ``steps`` train steps of ``cfg``'s model on random input of the preset's crop size.
 
     Returns one flat dict: ``samples_per_s``, ``step_time_s``, ``time_to_first_step_s`` (from building the
@@ -125,7 +126,12 @@ def bench_train(cfg, *, steps: int = 10, batch: int | None = None, peak: float |
     samples/s / peer samples/s) are added, or ``peer_error`` when the peer's library does not import.
     ``repeat`` rounds alternate medjax's and the peer's ``steps`` timed steps so a busy machine slows both
     alike; ``samples_per_s`` is the best round's, ``rounds`` lists every round's samples/s (and ratio).
+    ``threads``: the CPU threads medjax was limited to (set before JAX starts, see ``medjax bench train
+    --threads``); the peer gets as many torch threads. ``load_avg`` records the machine's 1-minute load average
+    before and after, as a busy machine slows the two differently.
     """
+    import os
+
     import dataclasses
 
     import jax
@@ -142,6 +148,7 @@ def bench_train(cfg, *, steps: int = 10, batch: int | None = None, peak: float |
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, batch_size=int(batch)))
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=max(cfg.train.steps, steps + 1)))
     b = cfg.train.batch_size
+    load_before = os.getloadavg()[0]
     t_start = time.perf_counter()
     runner = _MedjaxRunner(cfg, batch=b)
     first_s, first_loss = runner.first_step()
@@ -154,7 +161,9 @@ def bench_train(cfg, *, steps: int = 10, batch: int | None = None, peak: float |
 
         try:
             t0 = time.perf_counter()
-            peer_obj = TorchPeer(peer, cfg, batch=b, compile=peer_compile)
+            peer_cfg = cfg if peer_dtype is None else dataclasses.replace(
+                cfg, model=dataclasses.replace(cfg.model, dtype=peer_dtype))
+            peer_obj = TorchPeer(peer, peer_cfg, batch=b, compile=peer_compile, threads=threads)
             setup = time.perf_counter() - t0
             first, peer_first_loss = peer_obj.first_step()
             peer_first = (setup - peer_obj.import_s + first, peer_first_loss)
@@ -188,6 +197,8 @@ def bench_train(cfg, *, steps: int = 10, batch: int | None = None, peak: float |
     except Exception:
         compiled_bytes = None
     state_dev = device_bytes(runner.state)
+    # cuDNN fused attention calls in the compiled step (GPU only; the CPU program has none by construction)
+    fused_attention = compiled.as_text().count("__cudnn$fmha") if dev.platform == "gpu" else None
     result = {
         "benchmark": "train",
         "config": cfg.name,
@@ -201,6 +212,8 @@ def bench_train(cfg, *, steps: int = 10, batch: int | None = None, peak: float |
         "device_kind": str(dev.device_kind),
         "dtype": cfg.model.dtype,
         "attention": cfg.model.attention,
+        "cpu_threads": threads,
+        "load_avg": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         **_model_options(cfg),
         "params": int(count_params(runner.state.params)),
         "flops_per_sample": flops,
@@ -216,6 +229,7 @@ def bench_train(cfg, *, steps: int = 10, batch: int | None = None, peak: float |
         "peak_memory_bytes": peak_mem,
         "state_bytes_per_device": int(max(state_dev.values())) if state_dev else None,
         "compiled_bytes_per_device": compiled_bytes,
+        "fused_attention_calls": fused_attention,
         "first_loss": first_loss,
         "final_loss": loss,
     }
@@ -229,6 +243,7 @@ def bench_train(cfg, *, steps: int = 10, batch: int | None = None, peak: float |
                 "peer_library": peer_obj.library,
                 "peer_device": peer_obj.device,
                 "peer_compiled": bool(peer_compile),
+                "peer_dtype": peer_dtype or cfg.model.dtype,
                 "peer_params": peer_obj.params,
                 "peer_samples_per_s": p_sps,
                 "peer_step_time_s": b / p_sps,

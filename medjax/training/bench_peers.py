@@ -73,7 +73,8 @@ class TorchPeer:
     ``params`` (parameter count), ``batch``.
     """
 
-    def __init__(self, peer: str, cfg, *, batch: int, compile: bool = False, seed: int = 0):
+    def __init__(self, peer: str, cfg, *, batch: int, compile: bool = False, seed: int = 0,
+                 threads: int | None = None):
         from medjax.config.variants import decode_variant
         from medjax.training.state import broadcast_size
 
@@ -84,6 +85,8 @@ class TorchPeer:
         import_peer(peer)
         self.import_s = time.perf_counter() - t_import  # not part of the peer's time to first step
         self.torch = torch
+        if threads is not None:
+            torch.set_num_threads(int(threads))
         self.name = peer
         self.batch = int(batch)
         dims = int(cfg.data.spatial_dims)
@@ -178,7 +181,7 @@ class TorchPeer:
     def first_step(self) -> tuple[float, float]:
         """The first step (compilation included); returns ``(seconds, loss)``."""
         t0 = time.perf_counter()
-        loss = float(self.step())
+        loss = float(self.step().detach())
         self.sync()
         return time.perf_counter() - t0, loss
 
