@@ -371,7 +371,7 @@ def _check_source(out: str, manifest: Mapping, cfg: DataConfig, src: str | None)
     if what:
         raise StaleCacheError(f"{out}: the dataset {target} changed since preparing ({'; '.join(what)}); {rebuild}")
     files = manifest["sources"]
-    current = _stat_sources(files.keys())
+    current = _stat_sources(_record_paths(listed))  # folders (DICOM series) are walked again: new files count
     changed = [p for p, fp in files.items() if current.get(p) != fp]
     added = sorted(set(current) - set(files))  # files added inside a DICOM series folder
     if changed or added:

@@ -314,3 +314,22 @@ def test_ensure_prepared_rebuilds_for_another_folder(tmp_path):
     records, rebuilt = ensure_prepared(other, str(out), replace(cfg, dir=other), workers=0)
     assert rebuilt and len(records) == 2
     assert read_manifest(str(out))["source"]["path"] == os.path.realpath(other)
+
+
+def test_file_added_to_a_dicom_series_is_refused(tmp_path):
+    import shutil
+
+    from medjax.data.io_dicom_write import write_dicom_series
+
+    vol = (np.arange(10 * 9 * 6).reshape(10, 9, 6) % 97).astype(np.int16)
+    root = tmp_path / "src"
+    for name in ("s1", "s2"):
+        write_dicom_series(str(root / name), vol, np.diag([2.0, 2.0, 2.0, 1.0]), modality="MR")
+    out = tmp_path / "cache"
+    cfg = cfg_for(root, intensity="none")
+    prepare(str(root), str(out), cfg, workers=0)
+    assert [r["id"] for r in open_cache(str(out), cfg)] == ["s1", "s2"]
+    first = sorted(os.listdir(root / "s1"))[0]
+    shutil.copy(root / "s1" / first, root / "s1" / "extra.dcm")
+    with pytest.raises(StaleCacheError, match=r"new files: .*s1/extra.dcm"):
+        open_cache(str(out), cfg)
