@@ -14,8 +14,10 @@
 - :func:`adapt_channels`: C -> 1 by summing the kernels over channels (an image replicated over C channels gives
   the same tokens as its single-channel copy), 1 -> N by repeating and dividing by N (the same rule backwards).
 
-The MAE decoder predicts patch pixels, so its prediction layer depends on the patch and channels: inflation and
-channel changes drop it (the medjax decoder then starts from its seeded initialisation); a new input size keeps it.
+The MAE decoder predicts patch pixels, (p_1, ..., p_n, C) per patch: a channel change averages (C -> 1) or repeats
+(1 -> N) its per-channel predictions, so the adapted MAE predicts, for an image, the channel mean of what the
+original predicted for the image replicated over its channels; a new input size keeps it (fixed tables are rebuilt);
+inflation drops it (the medjax decoder then starts from its seeded initialisation).
 """
 
 from __future__ import annotations
@@ -104,8 +106,13 @@ def adapt_channels(c: dict, arch: Arch, in_channels: int) -> tuple[dict, Arch]:
                          "(go through 1 channel explicitly if that is what you mean)")
     c = dict(c)
     c["patch.w"] = w.astype(np.float32)
-    c, arch = drop_decoder(c, arch)
-    return c, arch.replace(in_channels=n, decoder=None)
+    if "dec.pred.w" in c:  # pixel predictions per channel: C -> 1 averages them, 1 -> N repeats them
+        for key in ("dec.pred.w", "dec.pred.b"):
+            v = c[key]
+            v = v.reshape(-1, arch.in_channels, *v.shape[1:])
+            v = v.mean(axis=1, keepdims=True) if n == 1 else np.repeat(v, n, axis=1)
+            c[key] = v.reshape(-1, *v.shape[2:]).astype(np.float32)
+    return c, arch.replace(in_channels=n)
 
 
 def grid_tokens(arch: Arch) -> int:

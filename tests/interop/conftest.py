@@ -10,8 +10,9 @@ def torch_or_skip():
     return pytest.importorskip("torch")
 
 
-def randomise(module, seed: int = 0, *, skip=("position", "pos_embed", "decoder_pos")) -> None:
-    """Overwrite every trainable tensor with seeded noise (biases and norms included), so each one matters."""
+def randomise(module, seed: int = 0, *, skip=("position", "pos_embed", "decoder_pos"), scale: float = 0.1) -> None:
+    """Overwrite every trainable tensor with seeded noise of std ``scale`` (biases and norms included), so each one
+    matters. Base-size networks use ``scale=0.02`` (the usual ViT initialisation) to keep activations realistic."""
     torch = torch_or_skip()
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -21,7 +22,7 @@ def randomise(module, seed: int = 0, *, skip=("position", "pos_embed", "decoder_
             if name.endswith("weight") and ("norm" in name or "layernorm" in name):
                 p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=g))
             else:
-                p.copy_(0.1 * torch.randn(p.shape, generator=g))
+                p.copy_(scale * torch.randn(p.shape, generator=g))
 
 
 def save_state(module, path) -> None:

@@ -123,3 +123,19 @@ def test_cli_import_inflates(hf_vit, tmp_path, capsys):
     cfg = json.loads((tmp_path / "w" / "config.json").read_text())
     assert cfg["data"]["spatial_dims"] == 3 and cfg["data"]["crop_size"] == [16, 16, 8]
     assert cfg["model"]["in_channels"] == 1 and cfg["model"]["pos_embed"] == "learned"
+
+
+def test_channel_adaptation_keeps_mae_decoder(tmp_path):
+    from medjax.interop.reference import mae_forward, masking_from_noise
+    from tests.interop.test_hf import _vitmae
+
+    _vitmae(tmp_path, norm_pix=False)
+    _, rgb = load(tmp_path, "hf-vitmae")
+    cfg, grey = load(tmp_path, "hf-vitmae", in_channels=1)
+    assert cfg.model.in_channels == 1 and type(grey).__name__ == "MAE"
+    g = _img(1)
+    masking = masking_from_noise(np.random.default_rng(0).random((2, 16)), 0.75)
+    _, p1, _ = mae_forward(grey, g, masking)
+    _, p3, _ = mae_forward(rgb, np.repeat(g, 3, axis=-1), masking)
+    want = np.asarray(p3).reshape(2, 16, 16, 3).mean(-1)
+    np.testing.assert_allclose(np.asarray(p1).reshape(2, 16, 16), want, atol=1e-5)

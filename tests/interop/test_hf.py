@@ -110,3 +110,21 @@ def test_old_hub_names_read_the_same(tmp_path):
 
     assert params_digest(nnx.state(a, nnx.Param)) == params_digest(nnx.state(b, nnx.Param))
     assert json.loads((tmp_path / "old" / "config.json").read_text())["model_type"] == "vit_mae"
+
+
+@pytest.mark.slow
+def test_base_vitmae_b16_encoder_matches(tmp_path):
+    """The standard configuration (ViT-B/16 MAE at 224 px, as facebook/vit-mae-base) checked live."""
+    torch.manual_seed(0)
+    model = transformers.ViTMAEForPreTraining(transformers.ViTMAEConfig(mask_ratio=0.0)).eval()
+    sincos_tables(model)
+    randomise(model, 0, scale=0.02)
+    model.save_pretrained(tmp_path)
+    cfg, mae = load(tmp_path, "hf-vitmae")
+    assert cfg.model.variant == "B/16:width=768,depth=12,heads=12,mlp_dim=3072"
+    assert (cfg.model.decoder_width, cfg.model.decoder_depth, cfg.model.decoder_heads) == (512, 8, 16)
+    x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ref = model.vit(pixel_values=x, noise=torch.arange(196.0)[None]).last_hidden_state.numpy()
+    out = np.asarray(mae.encoder(nhwc(x)))
+    assert np.max(np.abs(out - ref)) < 1e-5
