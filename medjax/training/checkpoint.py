@@ -374,9 +374,15 @@ def _decode_keys(restored, abstract):
     return jax.tree.map(dec, restored, abstract)
 
 
-def _key_impl(dtype):
-    """The PRNG implementation of a key dtype such as ``key<fry>``."""
-    impl = getattr(dtype, "_impl", None)
-    if impl is not None:
-        return impl
-    return {"fry": "threefry2x32", "rbg": "rbg", "urbg": "unsafe_rbg"}[str(dtype)[4:-1]]
+_KEY_IMPLS = {"fry": "threefry2x32", "rbg": "rbg", "urbg": "unsafe_rbg"}
+
+
+def _key_impl(dtype) -> str:
+    """The PRNG implementation name of a typed key dtype such as ``key<fry>`` (from its public name)."""
+    tag = str(dtype)[4:-1] if str(dtype).startswith("key<") else str(dtype)
+    try:
+        return _KEY_IMPLS[tag]
+    except KeyError:
+        raise CheckpointError(f"the state holds PRNG keys of type {dtype}, which checkpoints do not know how to "
+                              f"restore (known: {sorted('key<' + k + '>' for k in _KEY_IMPLS)}); store "
+                              "jax.random.key_data(key) instead") from None

@@ -249,3 +249,18 @@ def test_cli_info_table_and_missing(tmp_path, capsys):
     assert params_digest(_state()["params"]) in out
     assert main(["checkpoint", "info", str(tmp_path / "none")]) == 2
     assert "no checkpoint directory" in capsys.readouterr().err
+
+
+def test_key_impl_names_every_builtin_prng():
+    import jax
+
+    from medjax.errors import CheckpointError
+    from medjax.training.checkpoint import _key_impl
+
+    for impl in ("threefry2x32", "rbg", "unsafe_rbg"):
+        key = jax.random.key(0, impl=impl)
+        assert _key_impl(key.dtype) == impl
+        assert jax.random.key_impl(jax.random.wrap_key_data(jax.random.key_data(key), impl=_key_impl(key.dtype))) \
+            == jax.random.key_impl(key)
+    with pytest.raises(CheckpointError, match="key<nope>"):
+        _key_impl("key<nope>")
