@@ -42,6 +42,9 @@ def info(workdir, step: int | None = None) -> dict:
         "num_params": count_params(params),
         "params_digest": params_digest(params),
         "num_state_arrays": len(ck.saved_shapes(step)),
+        # PEFT runs (medjax.peft.checkpoint) store only their trainable parameters over a referenced base
+        "trainable_params": (meta.get("peft") or {}).get("trainable_params", count_params(params)),
+        "base_digest": (meta.get("peft") or {}).get("base_digest"),
         "config": meta.get("config"),
         "meta": {k: v for k, v in meta.items() if k != "config"},
         "data_state": data_state,

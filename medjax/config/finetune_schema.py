@@ -10,7 +10,16 @@ class FinetuneConfig:
     init_from: str = ""  # MAE workdir or checkpoint directory whose encoder initialises the model; "" = from scratch
     num_classes: int = 2  # classification: classes; segmentation: labels incl. background; detection: object classes
     multi_label: bool = False  # classification: one independent sigmoid per class instead of a softmax
-    mode: str = "full"  # "full" fine-tuning, or "linear" probing on the frozen encoder
+    mode: str = "full"  # older key: "linear" means method=linear; set finetune.method instead
+    method: str = "full"  # full|linear|lora|adapter|bitfit|prompt: which parameters train (medjax.peft.methods)
+    lora_rank: int = 8  # lora: rank r of each low-rank update
+    lora_alpha: float = 16.0  # lora: updates are scaled by lora_alpha / lora_rank
+    lora_dropout: float = 0.0  # lora: dropout on the input of the low-rank branch while training
+    lora_targets: tuple[str, ...] = ("q", "v")  # lora: projections to adapt, any of q, k, v, out, mlp
+    adapter_dim: int = 16  # adapter: bottleneck width of the adapter in each block
+    adapter_mode: str = "serial"  # adapter: "serial" (after the MLP) or "parallel" (beside the MLP)
+    prompt_tokens: int = 8  # prompt: learnable tokens inserted after the CLS token
+    prompt_deep: bool = False  # prompt: new prompt tokens at every block (deep) instead of the input only
     layer_decay: float = 0.75  # layer-wise learning-rate decay for full fine-tuning (1.0 disables)
     class_weights: tuple[float, ...] = ()  # per-class loss weights; () weighs classes equally
     num_labeled: int = 0  # use only the first N labelled records (few-label experiments); 0 uses all

@@ -81,22 +81,13 @@ def training_cache(data_cfg, workdir: Path, records: list[dict]) -> str:
 
 # ------------------------------------------------------------------------------------------- optimizer
 def make_finetune_optimizer(cfg, abstract_params, schedule):
-    """AdamW of ``cfg.train``: layer-wise LR decay over the encoder (heads at the full rate) for full
-    fine-tuning; encoder updates set to zero (frozen, no weight decay) for linear probing."""
-    import jax
-    import optax
-
+    """AdamW of ``cfg.train`` for ``finetune.method`` (:func:`medjax.peft.optim.make_method_optimizer`):
+    layer-wise LR decay over the encoder for full fine-tuning; otherwise optimizer state only for the
+    parameters the method trains (frozen ones are never updated)."""
     from medjax.finetune.tasks import num_encoder_layers
-    from medjax.training.optim import layerwise_lr_decay, make_optimizer
+    from medjax.peft.optim import make_method_optimizer
 
-    ft = cfg.finetune
-    if ft.mode == "linear":
-        labels = {k: jax.tree.map(lambda _, k=k: "freeze" if k == "encoder" else "train", v)
-                  for k, v in abstract_params.items()}
-        return optax.multi_transform({"train": make_optimizer(cfg.train, schedule=schedule),
-                                      "freeze": optax.set_to_zero()}, labels)
-    mult = layerwise_lr_decay(abstract_params, ft.layer_decay, num_encoder_layers(cfg), root="encoder")
-    return make_optimizer(cfg.train, lr_multipliers=mult, schedule=schedule)
+    return make_method_optimizer(cfg, abstract_params, schedule, num_layers=num_encoder_layers(cfg))
 
 
 # ------------------------------------------------------------------------------------------- main loop
@@ -139,6 +130,8 @@ def finetune(cfg, workdir, *, init_from: str | None = None, restart: bool = Fals
     from medjax.data.pipeline import make_iterator, to_global_batch
     from medjax.finetune.tasks import build_task_model, check_task, loss_for, prepare_batch
     from medjax.parallel.rules import use_mesh
+    from medjax.peft import resolve_method, trainable_mask
+    from medjax.peft.checkpoint import base_reference, is_peft_run, restore_run_state, trainable_only
     from medjax.training.driver import run_steps
     from medjax.training.optim import make_schedule
     from medjax.training.setup import open_run, prepare_workdir
@@ -163,6 +156,8 @@ def finetune(cfg, workdir, *, init_from: str | None = None, restart: bool = Fals
     factory = lambda: build_task_model(cfg)  # noqa: E731
     abstract_params = jax.eval_shape(lambda: split_model(factory())[1])
     tx = make_finetune_optimizer(cfg, abstract_params, schedule)
+    method = resolve_method(cfg.finetune)
+    trainable = None if method == "full" else trainable_mask(method, abstract_params)
     init_report = None
 
     def on_init(state, spec):
@@ -173,11 +168,23 @@ def finetune(cfg, workdir, *, init_from: str | None = None, restart: bool = Fals
         (workdir / "init.json").write_text(json.dumps(init_report, indent=1) + "\n")
         return state
 
+    peft_ref = None  # PEFT runs: checkpoints hold the trainable parameters and this base reference
+
+    def fresh_base(state, spec):
+        nonlocal peft_ref
+        state = on_init(state, spec)
+        if is_peft_run(cfg):
+            peft_ref = base_reference(cfg, state.params)
+        return state
+
+    def restore_peft(ckpt, step, spec):  # checks the base's digest against the checkpoint's
+        return restore_run_state(cfg, ckpt, step, spec, fresh_base(spec.init(), spec))
+
     def make_data(saved):
         return make_iterator(data_cfg, batch_size=cfg.train.batch_size, seed=cfg.train.seed)
 
-    with open_run(cfg, workdir, tx=tx, model_factory=factory, make_data=make_data, on_init=on_init,
-                  progress=progress, desc="finetune") as run:
+    with open_run(cfg, workdir, tx=tx, model_factory=factory, make_data=make_data, on_init=fresh_base,
+                  progress=progress, desc="finetune", restore=restore_peft if is_peft_run(cfg) else None) as run:
         spec, ckpt, data, logger, bsh, mesh = run.spec, run.ckpt, run.data, run.logger, run.batch_sharding, run.mesh
         resumed_from = run.resumed_from
         if resumed_from is not None and (workdir / "init.json").is_file():
@@ -186,17 +193,24 @@ def finetune(cfg, workdir, *, init_from: str | None = None, restart: bool = Fals
         with use_mesh(mesh, spec.rules):
             step_fn = make_train_step(spec.model_def, tx, schedule, state_shardings=spec.shardings,
                                       batch_sharding=bsh, loss_fn=loss_for(cfg), grad_accum=cfg.train.grad_accum,
-                                      max_nonfinite=cfg.train.max_nonfinite)
+                                      max_nonfinite=cfg.train.max_nonfinite, trainable=trainable)
+
+        if peft_ref is not None:
+            meta["peft"] = peft_ref
 
         def save(s: int, st, host: dict, force: bool) -> None:
-            ckpt.save(s, state_to_dict(st), data_state=data.get_state(),
+            d = state_to_dict(st)
+            if peft_ref is not None:
+                d["params"] = trainable_only(cfg, d["params"])
+            ckpt.save(s, d, data_state=data.get_state(),
                       meta={**meta, "step": int(s), "loss": host.get("loss")}, force=force)
 
         def next_batch() -> dict:
             return to_global_batch(prepare_batch(run_cfg, next(data)), bsh)
 
         def probe_statistics(st):  # linear probing: BatchNorm statistics of the frozen encoder's features
-            return _precise_feature_norm(run_cfg, spec, st, run.per_process) if cfg.finetune.mode == "linear" else st
+            linear = cfg.task == "classification" and method == "linear"
+            return _precise_feature_norm(run_cfg, spec, st, run.per_process) if linear else st
 
         result = run_steps(cfg, run.state, step_fn, start=run.start, next_batch=next_batch, save=save, ckpt=ckpt,
                            logger=logger, mesh=mesh, rules=spec.rules, before_final_save=probe_statistics)
@@ -239,14 +253,9 @@ def finetune(cfg, workdir, *, init_from: str | None = None, restart: bool = Fals
 def _init_encoder(cfg, state, spec):
     """Load the MAE encoder into ``state.params``, read straight into the state's shardings."""
     del spec
-    from medjax.finetune.init import load_encoder
-    from medjax.finetune.tasks import crop_size
-    from medjax.config.variants import decode_variant
+    from medjax.peft.checkpoint import load_base
 
-    patch = decode_variant(cfg.model.variant, cfg.data.spatial_dims).patch
-    grid = tuple(c // p for c, p in zip(crop_size(cfg), patch))
-    new, report = load_encoder(state.params, cfg.finetune.init_from, grid=grid, num_prefix=int(cfg.model.cls_token),
-                               spatial_dims=cfg.data.spatial_dims)
+    new, report = load_base(cfg, state.params)  # PEFT-added parameters keep their initialisation
     return state.replace(params=new), report
 
 

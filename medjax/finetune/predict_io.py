@@ -47,7 +47,13 @@ def load_finetuned(checkpoint):
         return p, ms
 
     abs_params, abs_ms = jax.eval_shape(abstract)
-    params, model_state, _ = restore_model(saved, abs_params, abs_ms)
+    if saved.meta.get("peft"):  # a PEFT checkpoint: its trainable parameters over the base it references
+        from medjax.peft.checkpoint import restore_saved_params
+
+        params, model_state = restore_saved_params(cfg, saved, abs_params, abs_ms,
+                                                   lambda: split_model(build_task_model(cfg))[1])
+    else:
+        params, model_state, _ = restore_model(saved, abs_params, abs_ms)
     return cfg, holder["model_def"], params, model_state or {}, saved.step
 
 

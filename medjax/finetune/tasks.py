@@ -38,10 +38,9 @@ def check_task(cfg) -> None:
     ft = cfg.finetune
     if cfg.task not in TASKS:
         raise ConfigError(f"task={cfg.task!r}: fine-tuning needs one of {TASKS} (task=mae is `medjax pretrain`)")
-    if ft.mode not in ("full", "linear"):
-        raise ConfigError(f"finetune.mode={ft.mode!r}: use 'full' or 'linear'")
-    if ft.mode == "linear" and cfg.task != "classification":
-        raise ConfigError(f"finetune.mode=linear is linear probing for classification; task={cfg.task} uses 'full'")
+    from medjax.peft.methods import check_method
+
+    check_method(ft)  # finetune.method (and the older finetune.mode=linear)
     if ft.num_classes < 1 or (cfg.task == "segmentation" and ft.num_classes < 2):
         raise ConfigError(f"finetune.num_classes={ft.num_classes}: segmentation needs >= 2 (background + labels), "
                           "other tasks >= 1")
@@ -69,13 +68,18 @@ def build_task_model(cfg, seed: int | None = None) -> nnx.Module:
     check_task(cfg)
     rngs = nnx.Rngs(cfg.train.seed if seed is None else seed)
     common = dict(spatial_dims=cfg.data.spatial_dims, input_size=crop_size(cfg), rngs=rngs)
+    from medjax.peft import apply_peft, resolve_method
+
     ft = cfg.finetune
     if cfg.task == "classification":
-        return ViTClassifier(cfg.model, num_classes=ft.num_classes, pool=ft.pool, probe_norm=ft.mode == "linear",
-                             **common)
-    if cfg.task == "segmentation":
-        return UNETR(cfg.model, num_classes=ft.num_classes, features=ft.decoder_features, **common)
-    return ViTDetector(cfg.model, num_classes=ft.num_classes, hidden=ft.det_hidden, **common)
+        model = ViTClassifier(cfg.model, num_classes=ft.num_classes, pool=ft.pool,
+                              probe_norm=resolve_method(ft) == "linear", **common)
+    elif cfg.task == "segmentation":
+        model = UNETR(cfg.model, num_classes=ft.num_classes, features=ft.decoder_features, **common)
+    else:
+        model = ViTDetector(cfg.model, num_classes=ft.num_classes, hidden=ft.det_hidden, **common)
+    # PEFT modules (LoRA, adapters, prompts) around the encoder; base parameter paths are unchanged
+    return apply_peft(model, ft, cfg.train.seed if seed is None else seed)
 
 
 # ------------------------------------------------------------------------------------------------ losses
@@ -88,7 +92,10 @@ def _weights(cfg) -> jax.Array:
 def classification_loss(model, batch, key, *, cfg, deterministic: bool = False):
     """Weighted softmax CE (``class`` (B,) int) or per-class BCE (``class`` (B, K) in {0, 1}); aux: logits."""
     del key
-    logits = model(batch["image"], deterministic=deterministic, frozen_encoder=cfg.finetune.mode == "linear")
+    from medjax.peft import resolve_method
+
+    logits = model(batch["image"], deterministic=deterministic,
+                   frozen_encoder=resolve_method(cfg.finetune) == "linear")
     w = _weights(cfg)
     y = batch["class"]
     if cfg.finetune.multi_label:

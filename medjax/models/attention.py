@@ -122,6 +122,10 @@ class MultiHeadAttention(nnx.Module):
         else:
             weights = None
             out = padded_attention(q, k, v, implementation=self.implementation, pad_to=self.pad_to)
-        y = jnp.einsum("blhk,hkd->bld", out.astype(self.dtype), self.out_kernel[...].astype(self.dtype))
-        y = constrain(y + self.out_bias[...].astype(self.dtype), ("batch", "length", "embed"))
+        y = self._project_out(out)
         return (y, weights) if return_attention else y
+
+    def _project_out(self, out):
+        """Per-head outputs (B, L, heads, head_dim) -> (B, L, D) through the out kernel and bias."""
+        y = jnp.einsum("blhk,hkd->bld", out.astype(self.dtype), self.out_kernel[...].astype(self.dtype))
+        return constrain(y + self.out_bias[...].astype(self.dtype), ("batch", "length", "embed"))

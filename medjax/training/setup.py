@@ -98,7 +98,7 @@ class Run:
 @contextlib.contextmanager
 def open_run(cfg: Config, workdir: Path, *, tx, model_factory: Callable | None = None,
              make_data: Callable[[dict | None], Any], on_init: Callable | None = None, progress: bool = True,
-             desc: str = "pretrain") -> Iterator[Run]:
+             desc: str = "pretrain", restore: Callable | None = None) -> Iterator[Run]:
     """Mesh, state shardings, checkpointer, data iterator, state (restored or initialised) and logger of a run.
 
     Args:
@@ -108,6 +108,8 @@ def open_run(cfg: Config, workdir: Path, *, tx, model_factory: Callable | None =
         ``get_state``/``set_state``/``close``); it receives the data position saved with the checkpoint being
         resumed (e.g. to take its number of data shards) and this function then restores that position.
       on_init: ``on_init(state, spec) -> state`` on a fresh start only (e.g. load a pretrained encoder).
+      restore: ``restore(ckpt, step, spec) -> state`` replaces the plain restore of the saved train state when
+        resuming (e.g. a PEFT run whose checkpoint holds only its trainable parameters over a base).
       progress, desc: the progress bar.
 
     Everything opened is closed on exit (pending checkpoint saves are committed first).
@@ -130,8 +132,12 @@ def open_run(cfg: Config, workdir: Path, *, tx, model_factory: Callable | None =
         data_state = ckpt.read_item("data", resumed_from) if resumed_from is not None else None
         data = stack.enter_context(make_data(data_state))
         if resumed_from is not None:
-            restored, _, _ = ckpt.restore(resumed_from, abstract_state=state_to_dict(spec.abstract_with_shardings()))
-            state = state_from_dict(restored)
+            if restore is not None:
+                state = restore(ckpt, resumed_from, spec)
+            else:
+                restored, _, _ = ckpt.restore(resumed_from,
+                                              abstract_state=state_to_dict(spec.abstract_with_shardings()))
+                state = state_from_dict(restored)
             if data_state is not None:
                 data.set_state(data_state)
         else:

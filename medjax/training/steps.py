@@ -48,9 +48,23 @@ def _select(ok, new, old):
     return jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
 
 
+def _partition(mask, tree):
+    """Leaves of ``tree`` split by the bool pytree ``mask``: ``(kept, others)`` flat lists, and the treedef."""
+    leaves, treedef = jax.tree.flatten(tree)
+    flags = jax.tree.leaves(mask)
+    if len(flags) != len(leaves):
+        raise ValueError(f"trainable mask has {len(flags)} leaves but the parameters {len(leaves)}")
+    return ([x for x, f in zip(leaves, flags) if f], [x for x, f in zip(leaves, flags) if not f]), treedef
+
+
+def _unpartition(mask, treedef, kept, others):
+    kept, others = iter(kept), iter(others)
+    return jax.tree.unflatten(treedef, [next(kept) if f else next(others) for f in jax.tree.leaves(mask)])
+
+
 def train_step_fn(model_def: ModelDef, tx: optax.GradientTransformation, schedule: Callable,
                   *, loss_fn: LossFn = mae_loss, grad_accum: int = 1,
-                  max_nonfinite: int | None = None) -> Callable:
+                  max_nonfinite: int | None = None, trainable=None) -> Callable:
     """The un-jitted pure step for ``model_def`` and optimizer ``tx``.
 
     Args:
@@ -60,6 +74,9 @@ def train_step_fn(model_def: ModelDef, tx: optax.GradientTransformation, schedul
       loss_fn: ``(model, batch, mask_key) -> (loss, aux)``.
       grad_accum: micro-batches per step; the batch's leading dim must divide by it. Gradients and loss are
         the means over micro-batches (equal to the big-batch values when the loss is a per-batch mean).
+      trainable: optional pytree of bools like the parameters (e.g. :func:`medjax.peft.trainable_mask`): only
+        those parameters are differentiated and updated; the others keep their exact bits, get zero gradients
+        (``tx`` should hold no state for them) and do not count in ``grad_norm``.
     Returns:
       ``step(state, batch) -> (state, metrics)`` with metrics ``loss``, ``grad_norm``, ``lr``,
       ``nonfinite_count`` (scalars).
@@ -72,7 +89,18 @@ def train_step_fn(model_def: ModelDef, tx: optax.GradientTransformation, schedul
         loss, _ = loss_fn(model, batch, mask_key)
         return loss.astype(jnp.float32)
 
-    grad_fn = jax.value_and_grad(micro_loss)
+    if trainable is None:
+        grad_fn = jax.value_and_grad(micro_loss)
+    else:
+        def grad_fn(params, model_state, batch, mask_key, rng_key):  # gradients of the trainable leaves only
+            (train, frozen), treedef = _partition(trainable, params)
+            frozen = [jax.lax.stop_gradient(x) for x in frozen]
+
+            def of_train(t):
+                return micro_loss(_unpartition(trainable, treedef, t, frozen), model_state, batch, mask_key, rng_key)
+
+            loss, g = jax.value_and_grad(of_train)(train)
+            return loss, _unpartition(trainable, treedef, g, [jnp.zeros_like(x) for x in frozen])
 
     def step(state: TrainState, batch: dict):
         step_key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
@@ -98,6 +126,8 @@ def train_step_fn(model_def: ModelDef, tx: optax.GradientTransformation, schedul
         grad_norm = optax.tree.norm(grads)
         updates, new_opt = tx.update(grads, state.opt_state, state.params)
         new_params = optax.apply_updates(state.params, updates)
+        if trainable is not None:  # frozen parameters keep their exact bits
+            new_params = jax.tree.map(lambda keep, n, o: n if keep else o, trainable, new_params, state.params)
         # a finite gradient can still give a non-finite update (e.g. lr=inf): check the update too
         ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(optax.tree.norm(updates))
         count = jnp.where(ok, 0, state.nonfinite_count + 1).astype(jnp.int32)
@@ -126,14 +156,15 @@ def train_step_fn(model_def: ModelDef, tx: optax.GradientTransformation, schedul
 
 def make_train_step(model_def: ModelDef, tx, schedule, *, state_shardings=None, batch_sharding=None,
                     loss_fn: LossFn = mae_loss, grad_accum: int = 1, donate: bool = True,
-                    max_nonfinite: int | None = None) -> Callable:
+                    max_nonfinite: int | None = None, trainable=None) -> Callable:
     """:func:`train_step_fn` wrapped in ``jax.jit`` once, donating the state (argument 0).
 
     ``state_shardings`` (a TrainState of shardings) pins the state in and out; ``batch_sharding`` (one sharding
     for every batch array) pins the batch. Metrics come back replicated. Trace inside the mesh context
     (:func:`medjax.parallel.use_mesh`) so activation constraints apply.
     """
-    fn = train_step_fn(model_def, tx, schedule, loss_fn=loss_fn, grad_accum=grad_accum, max_nonfinite=max_nonfinite)
+    fn = train_step_fn(model_def, tx, schedule, loss_fn=loss_fn, grad_accum=grad_accum, max_nonfinite=max_nonfinite,
+                       trainable=trainable)
     kwargs: dict = {"donate_argnums": (0,) if donate else ()}
     if state_shardings is not None:
         from jax.sharding import NamedSharding, PartitionSpec
