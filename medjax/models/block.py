@@ -24,12 +24,36 @@ class Mlp(nnx.Module):
         return self.fc2(h)
 
 
+# model.remat -> jax.checkpoint policy (what the backward pass may keep instead of recomputing)
+REMAT_POLICIES = {
+    "none": None,
+    "full": "nothing_saveable",  # recompute the whole block: least memory
+    "dots": "dots_saveable",  # keep matmul outputs, recompute the element-wise ops (LayerNorm, GELU, softmax)
+    "dots_no_batch": "dots_with_no_batch_dims_saveable",  # keep the weight matmuls, recompute attention matmuls
+}
+
+
+def remat_policy(name: str):
+    """``jax.checkpoint_policies`` entry for ``model.remat`` ``name``; ValueError naming the setting."""
+    if name not in REMAT_POLICIES:
+        raise ValueError(f"model.remat={name!r} is not supported; use one of {sorted(REMAT_POLICIES)}")
+    attr = REMAT_POLICIES[name]
+    return None if attr is None else getattr(jax.checkpoint_policies, attr)
+
+
 class Block(nnx.Module):
-    """Pre-norm ViT block on tokens (B, L, D); residual stream in ``dtype``, LayerNorm in float32."""
+    """Pre-norm ViT block on tokens (B, L, D); residual stream in ``dtype``, LayerNorm in float32.
+
+    ``remat`` ("none", "full", "dots", "dots_no_batch"; see :data:`REMAT_POLICIES`) recomputes the block's
+    activations in the backward pass instead of storing them (less memory, more compute); same values.
+    """
 
     def __init__(self, width: int, heads: int, mlp_dim: int, *, dropout: float = 0.0, drop_path: float = 0.0,
-                 dtype=jnp.float32, implementation: str | None = None, norm_eps: float = 1e-6, rngs: nnx.Rngs):
+                 dtype=jnp.float32, implementation: str | None = None, norm_eps: float = 1e-6,
+                 remat: str = "none", rngs: nnx.Rngs):
         self.dtype = dtype
+        remat_policy(remat)  # validate now
+        self.remat = remat
         self.norm1 = layer_norm(width, epsilon=norm_eps, rngs=rngs)
         self.attn = MultiHeadAttention(width, heads, dtype=dtype, implementation=implementation, rngs=rngs)
         self.norm2 = layer_norm(width, epsilon=norm_eps, rngs=rngs)
@@ -39,6 +63,13 @@ class Block(nnx.Module):
 
     def __call__(self, x: jax.Array, *, deterministic: bool = True, return_attention: bool = False):
         """x (B, L, D) -> (B, L, D); with ``return_attention`` also the weights (B, heads, L, L)."""
+        if self.remat != "none" and not return_attention:
+            fn = nnx.remat(lambda block, v: block._forward(v, deterministic=deterministic, return_attention=False),
+                           policy=remat_policy(self.remat))
+            return fn(self, x)
+        return self._forward(x, deterministic=deterministic, return_attention=return_attention)
+
+    def _forward(self, x: jax.Array, *, deterministic: bool, return_attention: bool):
         x = x.astype(self.dtype)
         h = self.attn(self.norm1(x).astype(self.dtype), return_attention=return_attention)
         h, weights = h if return_attention else (h, None)

@@ -57,7 +57,7 @@ class MAE(nnx.Module):
             rngs.params(), (1, 1, dw), jnp.float32))
         self.decoder_blocks = nnx.List([
             Block(dw, int(cfg.decoder_heads), decoder_mlp, dtype=self.dtype, implementation=impl, norm_eps=norm_eps,
-                  rngs=rngs)
+                  remat=getattr(cfg, "remat", "none"), rngs=rngs)
             for _ in range(int(cfg.decoder_depth))
         ])
         self.decoder_norm = layer_norm(dw, epsilon=norm_eps, rngs=rngs)

@@ -67,7 +67,7 @@ class ViT(nnx.Module):
         rates = np.linspace(0.0, float(cfg.drop_path), self.size.depth) if self.size.depth else []
         self.blocks = nnx.List([
             Block(d, self.size.heads, self.size.mlp_dim, dropout=cfg.dropout, drop_path=float(r), dtype=self.dtype,
-                  implementation=impl, norm_eps=norm_eps, rngs=rngs)
+                  implementation=impl, norm_eps=norm_eps, remat=getattr(cfg, "remat", "none"), rngs=rngs)
             for r in rates
         ])
         self.norm = layer_norm(d, epsilon=norm_eps, rngs=rngs)
