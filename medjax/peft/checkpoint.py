@@ -9,7 +9,7 @@ trains (:func:`medjax.peft.methods.is_trainable`) and, in the checkpoint's meta,
   (built from the config's seed, then the base encoder loaded);
 - ``trainable_params`` / ``total_params``: scalar counts.
 
-Restoring (resume, ``medjax predict``, the viewers) rebuilds the frozen parameters the same way, checks their
+Restoring (resume, ``medjax predict``) rebuilds the frozen parameters the same way, checks their
 digest against ``base_digest`` (a different base is a CheckpointError naming both digests) and overlays the
 saved trainable parameters.
 """
