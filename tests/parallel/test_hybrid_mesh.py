@@ -63,3 +63,21 @@ emit({"shape": dict(m.shape), "ids": np.vectorize(lambda d: d.id)(m.devices).tol
 """, 8)
     assert out["shape"] == {"data": 2, "fsdp": 4, "tensor": 1}
     assert out["ids"] == [[[0], [1], [2], [3]], [[4], [5], [6], [7]]]
+
+
+def test_multislice_example_gives_a_valid_hybrid_mesh():
+    import os
+
+    import yaml
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    with open(os.path.join(root, "tpu_configs", "multislice", "v5e-2x256.yaml")) as f:
+        topo = yaml.safe_load(f)
+    n = topo["slices"] * topo["hosts_per_slice"] * topo["devices_per_host"]
+    cfg = MeshConfig(**topo["mesh"], dcn_data=topo["dcn"]["data"])
+    devs = [_SliceDev(i, i // topo["devices_per_host"], i // (n // topo["slices"])) for i in range(n)]
+    assert dcn_slices(cfg) == topo["slices"]
+    # slice_index present: the TPU path (mesh_utils) needs real TPU coordinates, so check the grouping it is
+    # given by validating the slice sizes, and the shape through the process-ordered path
+    plain = [_Dev(d.id, d.process_index) for d in devs]
+    assert hybrid_device_array(cfg, plain).shape == (32, 16, 1)
