@@ -40,7 +40,8 @@ def _grid_part(c: dict, arch: Arch) -> tuple[np.ndarray, np.ndarray]:
     return c["pos"][:, :prefix], c["pos"][0, prefix:].reshape(*arch.grid, -1)
 
 
-def inflate_3d(c: dict, arch: Arch, *, depth: int, mode: str = "repeat", depth_size: int | None = None) -> tuple[dict, Arch]:
+def inflate_3d(c: dict, arch: Arch, *, depth: int, mode: str = "repeat",
+               depth_size: int | None = None) -> tuple[dict, Arch]:
     """2D -> 3D (see module doc). ``depth``: patch voxels along the new axis; ``depth_size``: input voxels along it
     (default ``depth``: one patch deep)."""
     from medjax.models.posembed import sincos_pos_embed
@@ -49,7 +50,8 @@ def inflate_3d(c: dict, arch: Arch, *, depth: int, mode: str = "repeat", depth_s
     check(mode in INFLATE_MODES, f"inflate mode {mode!r}: use one of {INFLATE_MODES}")
     depth = int(depth)
     depth_size = int(depth_size or depth)
-    check(depth >= 1 and depth_size % depth == 0, f"depth size {depth_size} must be a multiple of the depth patch {depth}")
+    check(depth >= 1 and depth_size % depth == 0,
+          f"depth size {depth_size} must be a multiple of the depth patch {depth}")
     c = dict(c)
     w = c["patch.w"]
     if mode == "repeat":

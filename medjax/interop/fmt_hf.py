@@ -1,10 +1,11 @@
 """Hugging Face ``transformers`` ViT (``ViTModel``) and ViTMAE (``ViTMAEForPreTraining``) key maps.
 
-Both the names written by transformers 5 (``vit.layers.N.attention.q_proj``, ``mlp.fc1``) and the older Hub
-names (``vit.encoder.layer.N.attention.attention.query``, ``intermediate.dense``, ``output.dense``, as on the Hub
-and as transformers 5 still saves them) are read; exports write the Hub names, which transformers 4 and 5 load. HF ViTs use exact GELU and LayerNorm eps 1e-12 (from
-``config.json``); ViTMAE's fixed sin-cos tables put the column (x) axis first (``sincos_axes=(1, 0)``) and its
-norm-pix target uses the unbiased variance. The ViT pooler and classifier heads are not imported.
+Both the module names of transformers 5 (``vit.layers.N.attention.q_proj``, ``mlp.fc1``) and the Hub names
+(``vit.encoder.layer.N.attention.attention.query``, ``intermediate.dense``, ``output.dense``; transformers 5 still
+saves these) are read; exports write the Hub names, which transformers 4 and 5 load. HF ViTs use exact GELU and
+LayerNorm eps 1e-12 (from ``config.json``); ViTMAE's fixed sin-cos tables put the column (x) axis first
+(``sincos_axes=(1, 0)``) and its norm-pix target uses the unbiased variance. The ViT pooler and classifier heads
+are not imported.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ def _rules():
              (enc + r"layernorm\.weight", "norm.w"), (enc + r"layernorm\.bias", "norm.b"),
              (r"decoder\.mask_token", "dec.mask"), (r"decoder\.decoder_pos_embed", "dec.pos")]
     for part in ("embed", "norm", "pred"):
-        rules += [(rf"decoder\.decoder_{part}\.weight", f"dec.{part}.w"), (rf"decoder\.decoder_{part}\.bias", f"dec.{part}.b")]
+        rules += [(rf"decoder\.decoder_{part}\.weight", f"dec.{part}.w"),
+                  (rf"decoder\.decoder_{part}\.bias", f"dec.{part}.b")]
     for src, dst in _BLOCK:
         for wb, c in (("weight", "w"), ("bias", "b")):
             rules.append((enc + rf"(?:encoder\.layer|layers)\.(\d+)\.{src}\.{wb}", rf"blocks.\1.{dst}.{c}"))

@@ -129,7 +129,8 @@ def write(arch: Arch, c: dict, *, kind: str) -> tuple[dict, dict]:
     cls = c.get("cls")
     if prefix:
         cls = cls + pos[:, :1]  # MONAI adds no position to the CLS token: fold a learned CLS row into the token
-    sd = {"patch_embedding.patch_embeddings.weight": c["patch.w"], "patch_embedding.patch_embeddings.bias": c["patch.b"],
+    sd = {"patch_embedding.patch_embeddings.weight": c["patch.w"],
+          "patch_embedding.patch_embeddings.bias": c["patch.b"],
           "patch_embedding.position_embeddings": pos[:, prefix:]}
     args = {"in_channels": arch.in_channels, "img_size": list(arch.input_size), "patch_size": list(arch.patch),
             "hidden_size": arch.width, "mlp_dim": arch.mlp_dim, "num_layers": arch.depth, "num_heads": arch.heads,

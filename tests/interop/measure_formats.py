@@ -1,8 +1,8 @@
 """Measure every weight format at its standard base size: import seconds, parameters, max |difference| of
 outputs against the PyTorch library, and the same after export (the README's interop table).
 
-Run: ``python -m tests.interop.measure_formats [OUT.json]`` (needs the ``interop`` extra: torch, transformers,
-MONAI). Prints one JSON line per format and records the library versions.
+Run: ``python -m tests.interop.measure_formats [OUT.json [FORMAT ...]]`` (needs the ``interop`` extra: torch,
+transformers, MONAI). Prints one JSON line per format and records the library versions.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ def _cl(x):
     return np.moveaxis(x.numpy(), 1, -1)
 
 
-def main(out=None) -> list[dict]:
+def main(out=None, only=()) -> list[dict]:
     import torch
     import transformers
     from flax import nnx
@@ -90,6 +90,8 @@ def main(out=None) -> list[dict]:
     cases.append(("monai-unetr", "UNETR encoder ViT-B/16, 96^3", tmp / "monai-unetr.safetensors", m, {"heads": 12}))
 
     for fmt, what, src, net, kw in cases:
+        if only and fmt not in only:
+            continue
         t0 = time.perf_counter()
         cfg, model = load(src, fmt, **kw)
         seconds = time.perf_counter() - t0
@@ -111,7 +113,7 @@ def main(out=None) -> list[dict]:
         if fmt == "monai-mae":
             torch.manual_seed(1)
             with torch.no_grad():
-                ref, _ = net(x3)
+                ref = net(x3)[0].numpy()
             torch.manual_seed(1)
             keep = torch.multinomial(torch.ones(1, 216), int(0.25 * 216), replacement=False).numpy()
             from medjax.interop.reference import masking_from_keep
@@ -160,4 +162,4 @@ def main(out=None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else None)
+    main(sys.argv[1] if len(sys.argv) > 1 else None, tuple(sys.argv[2:]))
