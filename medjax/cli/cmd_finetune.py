@@ -38,6 +38,10 @@ def register(subparsers) -> None:
     c.add_argument("--metric", default=None,
                    help="held-out metric to compare (a key of eval.json, e.g. window_auroc; default: mean_dice, "
                         "auroc or ap_iou0.1 by task)")
+    c.add_argument("--methods", default=None, metavar="M1,M2,...",
+                   help="compare fine-tuning methods instead (full,linear,lora,adapter,bitfit,prompt; all from "
+                        "--init-from): held-out metric, trainable parameters, checkpoint and optimizer bytes, "
+                        "seconds per step (WORKDIR/<method>/seed<S>, WORKDIR/compare_methods.json)")
     c.set_defaults(func=run_compare)
 
 
@@ -74,6 +78,15 @@ def run_compare(args) -> int:
 
     cfg = load_config(args.config, args.overrides)
     workdir = args.workdir or f"runs/{cfg.name}_compare"
+    if args.methods:
+        from medjax.peft.compare import compare_methods, format_methods
+
+        result = compare_methods(cfg, workdir, init_from=args.init_from, methods=args.methods.split(","),
+                                 seeds=args.seeds, metric=args.metric, progress=not args.no_progress)
+        if not result.get("stopped"):
+            print(format_methods(result))
+        print(json.dumps(result), flush=True)
+        return 1 if result.get("stopped") else 0
     result = compare(cfg, workdir, init_from=args.init_from, seeds=args.seeds, progress=not args.no_progress,
                      metric=args.metric)
     if result.get("stopped"):

@@ -138,3 +138,21 @@ def test_mode_linear_still_means_linear_and_conflicts_name_the_keys():
         from medjax.peft import check_method
 
         check_method(tiny_method("classification", "lora", lora_targets=("qkv",)).finetune)
+
+
+@pytest.mark.slow
+def test_finetune_compare_methods_reports_costs(tmp_path, capsys):
+    data = tmp_path / "data"
+    write_tiny_dataset(data, n=3, layout="folder", with_labels=True)
+    cfg = _cfg(data, "full", tmp_path / "mae", steps=2)
+    cfg = dataclasses.replace(cfg, finetune=dataclasses.replace(cfg.finetune, val_records=1))
+    _mae(tmp_path / "mae", cfg, seed=7)
+    from medjax.peft.compare import compare_methods, format_methods
+
+    result = compare_methods(cfg, tmp_path / "cmp", init_from=str(tmp_path / "mae"), methods=["full", "lora"])
+    full, lora = result["methods"]["full"], result["methods"]["lora"]
+    assert full["trainable_params"] == full["total_params"] and full["trainable_percent"] == 100.0
+    assert 0 < lora["trainable_params"] < lora["total_params"] and len(lora["per_seed"]) == 1
+    assert lora["optimizer_bytes"] == 2 * 4 * lora["trainable_params"] < full["optimizer_bytes"]
+    assert lora["checkpoint_bytes"] < full["checkpoint_bytes"]
+    assert "| lora |" in format_methods(result)
