@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+from medjax.config.distill_schema import DistillConfig
 from medjax.config.finetune_schema import FinetuneConfig
 
 
@@ -110,9 +111,10 @@ class Config:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     mesh: MeshConfig = field(default_factory=MeshConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
 
 
-SECTIONS = ("data", "model", "train", "checkpoint", "mesh", "finetune")
+SECTIONS = ("data", "model", "train", "checkpoint", "mesh", "finetune", "distill")
 
 
 def replace(cfg, **changes):
