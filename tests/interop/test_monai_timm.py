@@ -148,3 +148,20 @@ def test_timm_layer_scale_is_refused_by_name(tmp_path):
     save_file(sd, str(tmp_path / "ls.safetensors"))
     with pytest.raises(WeightsError, match="blocks.0.ls1.gamma"):
         load(tmp_path / "ls.safetensors", "timm-vit")
+
+
+def test_monai_unetr_whole_network_same_logits(tmp_path):
+    from medjax.interop.unetr import load_unetr
+
+    torch.manual_seed(0)
+    net = monai_nets.UNETR(in_channels=1, out_channels=3, img_size=(32, 32, 32), feature_size=8, hidden_size=48,
+                           mlp_dim=64, num_heads=4, spatial_dims=3).eval()
+    randomise(net, 9, skip=())
+    save_state(net, tmp_path / "unetr.safetensors")
+    _, model = load_unetr(tmp_path / "unetr.safetensors", heads=4)
+    x = _x((2, 1, 32, 32, 32))
+    with torch.no_grad():
+        ref = nhwc(net(x))
+    out = np.asarray(model(nhwc(x)))
+    assert out.shape == ref.shape == (2, 32, 32, 32, 3)
+    assert np.max(np.abs(out - ref)) < 1e-5
