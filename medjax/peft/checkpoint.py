@@ -16,6 +16,7 @@ saved trainable parameters.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 from medjax.errors import CheckpointError
@@ -107,6 +108,9 @@ def restore_saved_params(cfg, saved, abs_params, abs_model_state, build_params):
     if abs_model_state and saved.keys("model_state"):
         target["model_state"] = abs_model_state
     out = restore_arrays(saved, target, exact=True)
+    ref = saved.meta.get("peft") or {}
+    if ref.get("base"):  # the absolute base path recorded at training time (the config may hold a relative one)
+        cfg = dataclasses.replace(cfg, finetune=dataclasses.replace(cfg.finetune, init_from=ref["base"]))
     full, _ = load_base(cfg, build_params())
     params = over_base(cfg, out["params"], full, saved.meta.get("peft"), saved.where)
     return params, out.get("model_state", abs_model_state or {})

@@ -49,9 +49,11 @@ def merge_lora(params: dict, ft) -> dict:
 
 
 def merged_config(cfg):
-    """The config of the merged model: ``finetune.method=full`` (no PEFT modules, every parameter saved) and no
-    ``init_from`` (the checkpoint is self-contained)."""
-    ft = dataclasses.replace(cfg.finetune, method="full", mode="full", init_from="")
+    """The config of the merged model: no PEFT modules and no ``init_from`` (the checkpoint is self-contained,
+    every parameter saved): ``finetune.method=full``, or ``linear`` for a linear probe (whose classifier keeps
+    its parameter-free feature normalisation)."""
+    method = "linear" if resolve_method(cfg.finetune) == "linear" else "full"
+    ft = dataclasses.replace(cfg.finetune, method=method, mode="full", init_from="")
     return dataclasses.replace(cfg, finetune=ft)
 
 

@@ -98,7 +98,8 @@ def test_lora_checkpoint_resume_base_check_merge_and_predict(tmp_path):
     images = tmp_path / "in"
     write_tiny_dataset(images, n=1, layout="folder", with_labels=False)
     assert cli_main(["predict", "--checkpoint", str(work), str(images), str(tmp_path / "out_peft")]) == 0
-    assert cli_main(["predict", "--checkpoint", str(tmp_path / "merged"), str(images), str(tmp_path / "out_plain")]) == 0
+    plain_out = str(tmp_path / "out_plain")
+    assert cli_main(["predict", "--checkpoint", str(tmp_path / "merged"), str(images), plain_out]) == 0
     import nibabel as nib
 
     a = np.asarray(nib.load(tmp_path / "out_peft" / "case_000.nii.gz").dataobj)
@@ -156,3 +157,13 @@ def test_finetune_compare_methods_reports_costs(tmp_path, capsys):
     assert lora["optimizer_bytes"] == 2 * 4 * lora["trainable_params"] < full["optimizer_bytes"]
     assert lora["checkpoint_bytes"] < full["checkpoint_bytes"]
     assert "| lora |" in format_methods(result)
+
+
+def test_merged_config_is_self_contained_and_keeps_a_linear_probe():
+    from medjax.peft import resolve_method
+    from medjax.peft.merge import merged_config
+
+    lora = merged_config(tiny_method("segmentation", "lora", init_from="/somewhere/mae"))
+    assert resolve_method(lora.finetune) == "full" and lora.finetune.init_from == ""
+    probe = merged_config(tiny_method("classification", "full", mode="linear", init_from="/somewhere/mae"))
+    assert resolve_method(probe.finetune) == "linear" and probe.finetune.init_from == ""

@@ -4,7 +4,6 @@ parameters move, and the optimizer state holds only the trainable parameters' mo
 from __future__ import annotations
 
 import os
-import sys
 
 import pytest
 
@@ -55,7 +54,8 @@ same = [a.tobytes() == b.tobytes() for a, b in zip(jax.tree.leaves(after), jax.t
 fc1 = state.params["encoder"]["blocks"][0]["mlp"]["fc1"]["kernel"]
 opt = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.opt_state) if x.ndim)
 n_train = sum(int(np.prod(x.shape)) for x, f in zip(jax.tree.leaves(state.params), flags) if f)
-emit({{"frozen_same": all(s for s, f in zip(same, flags) if not f), "moved": sum(not s for s, f in zip(same, flags) if f),
+emit({{"frozen_same": all(s for s, f in zip(same, flags) if not f),
+      "moved": sum(not s for s, f in zip(same, flags) if f),
       "n_trainable_leaves": sum(flags), "losses": losses, "opt": opt, "n_train": n_train,
       "fc1_shards": len({{str(s.index) for s in fc1.addressable_shards}})}})
 """
