@@ -30,6 +30,29 @@ def _cl(x):
     return np.moveaxis(x.numpy(), 1, -1)
 
 
+def measure_unetr_whole(tmp, x3) -> dict:
+    """MONAI UNETR (base, 96^3, feature size 16) -> :func:`medjax.interop.load_unetr`: logits difference."""
+    import torch
+    from monai.networks.nets import UNETR
+
+    from medjax.interop import load_unetr
+    from tests.interop.conftest import randomise, save_state
+
+    torch.manual_seed(0)
+    net = UNETR(1, 2, (96, 96, 96)).eval()
+    randomise(net, 0, skip=(), scale=0.02)
+    save_state(net, tmp / "unetr-whole.safetensors")
+    t0 = time.perf_counter()
+    _, model = load_unetr(tmp / "unetr-whole.safetensors", heads=12)
+    seconds = time.perf_counter() - t0
+    with torch.no_grad():
+        ref = _cl(net(x3))
+    out = np.asarray(model(_cl(x3)))
+    return {"format": "monai-unetr (load_unetr)", "model": "UNETR ViT-B/16 + decoder, 96^3, logits",
+            "params": int(sum(p.numel() for p in net.parameters())), "import_s": round(seconds, 2),
+            "import_max_abs_diff": float(np.max(np.abs(out - ref))), "output_max_abs": float(np.max(np.abs(ref)))}
+
+
 def main(out=None, only=()) -> list[dict]:
     import torch
     import transformers
@@ -155,6 +178,9 @@ def main(out=None, only=()) -> list[dict]:
             row["export_max_abs_diff"] = diff_out
         rows.append(row)
         print(json.dumps(row), flush=True)
+    if not only or "monai-unetr-whole" in only:
+        rows.append(measure_unetr_whole(tmp, x3))
+        print(json.dumps(rows[-1]), flush=True)
     result = {"versions": _versions(), "rows": rows}
     if out:
         Path(out).write_text(json.dumps(result, indent=2) + "\n")
