@@ -75,20 +75,20 @@ class BoundStep:
         return _Lowered()
 
 
-def make_distill_step(model_def, tx, schedule, teacher, dcfg, *, state_shardings=None, batch_sharding=None,
-                      grad_accum: int = 1, max_nonfinite: int | None = None, donate: bool = True) -> BoundStep:
-    """The jitted distillation step for the student ``model_def`` against ``teacher``
-    (:class:`~medjax.distill.teacher.Teacher`) with the settings ``dcfg`` (``cfg.distill``).
+def make_teacher_step(model_def, tx, schedule, make_loss, teacher_args, teacher_shardings, *, state_shardings=None,
+                      batch_sharding=None, grad_accum: int = 1, max_nonfinite: int | None = None, trainable=None,
+                      donate: bool = True) -> BoundStep:
+    """The shared train step with a loss that reads frozen teacher arrays, jitted once with the teacher as an
+    argument: ``make_loss(teacher_args) -> loss_fn(model, batch, key)`` is called inside the trace.
 
-    Jitted once, donating only the state; trace it inside the mesh context. Returns a :class:`BoundStep`.
+    ``teacher_args``: a pytree of arrays (placed with ``teacher_shardings``, a like pytree, when
+    ``state_shardings`` is given); only the state (argument 0) is donated. Returns a :class:`BoundStep`.
     """
     from medjax.training.steps import train_step_fn
 
-    def fn(state, batch, teacher_params):
-        loss_fn = partial(distill_loss, teacher_def=teacher.model_def, teacher_params=teacher_params,
-                          kind=dcfg.loss, beta=float(dcfg.beta), mask_ratio=float(dcfg.mask_ratio))
-        step = train_step_fn(model_def, tx, schedule, loss_fn=loss_fn, grad_accum=grad_accum,
-                             max_nonfinite=max_nonfinite)
+    def fn(state, batch, args):
+        step = train_step_fn(model_def, tx, schedule, loss_fn=make_loss(args), grad_accum=grad_accum,
+                             max_nonfinite=max_nonfinite, trainable=trainable)
         return step(state, batch)
 
     kwargs: dict = {"donate_argnums": (0,) if donate else ()}
@@ -96,6 +96,22 @@ def make_distill_step(model_def, tx, schedule, teacher, dcfg, *, state_shardings
         from jax.sharding import NamedSharding, PartitionSpec
 
         mesh = jax.tree.leaves(state_shardings)[0].mesh
-        kwargs["in_shardings"] = (state_shardings, batch_sharding, teacher.shardings)
+        kwargs["in_shardings"] = (state_shardings, batch_sharding, teacher_shardings)
         kwargs["out_shardings"] = (state_shardings, NamedSharding(mesh, PartitionSpec()))
-    return BoundStep(jax.jit(fn, **kwargs), teacher.params)
+    return BoundStep(jax.jit(fn, **kwargs), teacher_args)
+
+
+def make_distill_step(model_def, tx, schedule, teacher, dcfg, *, state_shardings=None, batch_sharding=None,
+                      grad_accum: int = 1, max_nonfinite: int | None = None, donate: bool = True) -> BoundStep:
+    """The jitted representation-distillation step for the student ``model_def`` against ``teacher``
+    (:class:`~medjax.distill.teacher.Teacher`) with the settings ``dcfg`` (``cfg.distill``).
+
+    Jitted once, donating only the state; trace it inside the mesh context. Returns a :class:`BoundStep`.
+    """
+    def make_loss(teacher_params):
+        return partial(distill_loss, teacher_def=teacher.model_def, teacher_params=teacher_params,
+                       kind=dcfg.loss, beta=float(dcfg.beta), mask_ratio=float(dcfg.mask_ratio))
+
+    return make_teacher_step(model_def, tx, schedule, make_loss, teacher.params, teacher.shardings,
+                             state_shardings=state_shardings, batch_sharding=batch_sharding, grad_accum=grad_accum,
+                             max_nonfinite=max_nonfinite, donate=donate)

@@ -52,17 +52,12 @@ def load_teacher(source, cfg, mesh, rules) -> Teacher:
       CheckpointError: no checkpoint / no encoder / unreadable config at ``source``.
       ConfigError: input channels differ from ``model.in_channels``.
     """
-    import jax
     from flax import nnx
 
     from medjax.config.dims import broadcast_size
-    from medjax.finetune.init import load_encoder
-    from medjax.parallel.rules import use_mesh
-    from medjax.parallel.sharding import logical_names, shardings_by_path
-    from medjax.training.restore import open_checkpoint
-    from medjax.training.state import split_model
-
     from medjax.distill.student import EncoderOnly
+    from medjax.finetune.init import load_encoder
+    from medjax.training.restore import open_checkpoint
 
     if not source:
         raise ConfigError("distill.teacher is empty: pass --teacher WORKDIR (a `medjax pretrain` run or checkpoint)")
@@ -72,22 +67,40 @@ def load_teacher(source, cfg, mesh, rules) -> Teacher:
         raise ConfigError(f"the teacher ({saved.where}) takes {model_cfg.in_channels} input channel(s), "
                           f"model.in_channels={cfg.model.in_channels}; both must see the same volumes")
     size = broadcast_size(cfg.data.crop_size, cfg.data.spatial_dims, "data.crop_size")
-    holder: dict = {}
-
-    def build():
-        m = EncoderOnly(model_cfg, spatial_dims=cfg.data.spatial_dims, input_size=size, rngs=nnx.Rngs(0))
-        holder["names"] = logical_names(nnx.state(m, nnx.Param))
-        model_def, params, _ = split_model(m)
-        holder["model_def"] = model_def
-        holder["meta"] = (m.encoder.width, tuple(m.encoder.grid), m.encoder.num_prefix_tokens)
-        return params
-
-    with use_mesh(mesh, rules):
-        abstract = jax.eval_shape(build)
-        shardings = shardings_by_path(abstract, holder["names"], mesh, rules)
-    width, grid, prefix = holder["meta"]
-    target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+    model_def, target, _, shardings, m = placed_abstract(
+        lambda: EncoderOnly(model_cfg, spatial_dims=cfg.data.spatial_dims, input_size=size, rngs=nnx.Rngs(0)),
+        mesh, rules)
+    width, grid, prefix = m.encoder.width, tuple(m.encoder.grid), m.encoder.num_prefix_tokens
     params, _ = load_encoder(target, saved.directory / str(saved.step), grid=grid, num_prefix=prefix,
                              spatial_dims=cfg.data.spatial_dims)
-    return Teacher(model_def=holder["model_def"], params=params, shardings=shardings, width=width, grid=grid,
+    return Teacher(model_def=model_def, params=params, shardings=shardings["params"], width=width, grid=grid,
                    num_prefix=prefix, source=str(saved.directory / str(saved.step)), config=saved.meta.get("config"))
+
+
+def placed_abstract(build, mesh, rules):
+    """``(model_def, params, model_state, shardings, module)`` of the module ``build()`` makes, without allocating
+    it: ``params`` and ``model_state`` are ``jax.ShapeDtypeStruct`` trees carrying their shardings on ``mesh``
+    (parameters by their logical axes, the rest replicated), ready for :mod:`medjax.training.restore`;
+    ``shardings`` covers ``{"params": ..., "model_state": ...}``; ``module`` is the abstract module (for its
+    static attributes only)."""
+    import jax
+    from flax import nnx
+
+    from medjax.parallel.rules import use_mesh
+    from medjax.parallel.sharding import logical_names, shardings_by_path
+    from medjax.training.state import split_model
+
+    holder: dict = {}
+
+    def init():
+        m = build()
+        holder["names"] = {f"params/{k}": v for k, v in logical_names(nnx.state(m, nnx.Param)).items()}
+        model_def, params, model_state = split_model(m)
+        holder["model_def"], holder["module"] = model_def, m
+        return {"params": params, "model_state": model_state}
+
+    with use_mesh(mesh, rules):
+        abstract = jax.eval_shape(init)
+        shardings = shardings_by_path(abstract, holder["names"], mesh, rules)
+    placed = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+    return holder["model_def"], placed["params"], placed["model_state"], shardings, holder["module"]

@@ -194,6 +194,16 @@ def finetune(cfg, workdir, *, init_from: str | None = None, restart: bool = Fals
             step_fn = make_train_step(spec.model_def, tx, schedule, state_shardings=spec.shardings,
                                       batch_sharding=bsh, loss_fn=loss_for(cfg), grad_accum=cfg.train.grad_accum,
                                       max_nonfinite=cfg.train.max_nonfinite, trainable=trainable)
+            if cfg.finetune.teacher:  # task distillation: the frozen teacher runs inside the same jitted step
+                from medjax.distill.task import check_task_distill, load_task_teacher, make_task_distill_step
+
+                check_task_distill(cfg)
+                teacher = load_task_teacher(cfg.finetune.teacher, cfg, mesh, spec.rules)
+                meta["teacher"] = teacher.source
+                step_fn = make_task_distill_step(cfg, spec.model_def, tx, schedule, teacher,
+                                                 state_shardings=spec.shardings, batch_sharding=bsh,
+                                                 grad_accum=cfg.train.grad_accum,
+                                                 max_nonfinite=cfg.train.max_nonfinite, trainable=trainable)
 
         if peft_ref is not None:
             meta["peft"] = peft_ref
