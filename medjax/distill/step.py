@@ -64,6 +64,10 @@ class BoundStep:
     def __call__(self, state, batch):
         return self._fn(state, batch, self._teacher)
 
+    def rebind(self, teacher_args) -> "BoundStep":
+        """The same compiled step bound to other teacher arrays (same shapes and shardings: no recompilation)."""
+        return BoundStep(self._fn, teacher_args)
+
     def lower(self, state, batch):
         lowered = self._fn.lower(state, batch, self._teacher)
         teacher = self._teacher

@@ -49,18 +49,22 @@ def test_step_adds_weighted_kl_and_keeps_the_teacher():
         arrays = {"params": st.params, "model_state": st.model_state}
         return TaskTeacher(spec.model_def, arrays, None, "memory")
 
-    same = make_task_distill_step(cfg, spec.model_def, tx, schedule, teacher_of(state))
-    state_copy = jax.tree.map(lambda x: x.copy(), state)
-    _, m_same = same(state_copy, batch)
-    assert float(m_same["loss"]) == pytest.approx(float(m_plain["loss"]), abs=1e-6)  # KL of equal logits is 0
-
     teacher = teacher_of(other)
     before = jax.tree.map(np.array, teacher.arrays)
     step = make_task_distill_step(cfg, spec.model_def, tx, schedule, teacher)
     _, m = step(jax.tree.map(lambda x: x.copy(), state), batch)
-    s_logits = spec.model_def.merge(state.params, state.model_state)(batch["image"], deterministic=False)
-    t_logits = spec.model_def.merge(other.params, other.model_state)(batch["image"], deterministic=True)
-    expected = float(m_plain["loss"]) + 0.5 * float(soft_target_kl(s_logits, t_logits, 3.0))
+    _, m_same = step.rebind({"params": state.params, "model_state": state.model_state})(
+        jax.tree.map(lambda x: x.copy(), state), batch)
+    assert float(m_same["loss"]) == pytest.approx(float(m_plain["loss"]), abs=1e-6)  # equal logits: KL 0
+
+    @jax.jit
+    def kl(student, teacher, images):
+        s_logits = spec.model_def.merge(student.params, student.model_state)(images, deterministic=False)
+        t_logits = spec.model_def.merge(teacher.params, teacher.model_state)(images, deterministic=True)
+        return soft_target_kl(s_logits, t_logits, 3.0)
+
+    kd = kl(state, other, batch["image"])
+    expected = float(m_plain["loss"]) + 0.5 * float(kd)
     assert float(m["loss"]) == pytest.approx(expected, rel=1e-5)
     assert float(m["loss"]) > float(m_plain["loss"])
     assert all(jax.tree.leaves(jax.tree.map(lambda a, b: np.array_equal(np.asarray(a), b), teacher.arrays, before)))
@@ -81,11 +85,22 @@ def test_finetune_with_a_teacher_run(tmp_path):
         ckpt.save(0, state_to_dict(st), meta={"config": to_dict(tcfg), "task": "classification"}, force=True)
         ckpt.wait()
     cfg = dataclasses.replace(tcfg, train=dataclasses.replace(tcfg.train, steps=1))
-    cfg = dataclasses.replace(cfg, finetune=dataclasses.replace(cfg.finetune, teacher=str(tmp_path / "teacher")))
+    cfg = dataclasses.replace(cfg, finetune=dataclasses.replace(cfg.finetune, teacher=str(tmp_path / "teacher"),
+                                                                cache=False))
     out = finetune(cfg, tmp_path / "student", progress=False, evaluate=False)
     assert out["step"] == 1 and np.isfinite(out["final_loss"])
     assert read_meta(tmp_path / "student")["teacher"].endswith("checkpoints/0")
 
-    seg = dataclasses.replace(cfg, task="segmentation")
+
+
+def test_unsupported_settings_are_named():
+    from medjax.distill.task import check_task_distill
+
+    cfg = _cfg(teacher="runs/t")
+    check_task_distill(cfg)
     with pytest.raises(ConfigError, match="classification only"):
-        finetune(seg, tmp_path / "seg", progress=False, evaluate=False)
+        check_task_distill(dataclasses.replace(cfg, task="segmentation"))
+    for bad, key in (({"multi_label": True}, "multi_label"), ({"temperature": 0.0}, "finetune.temperature"),
+                     ({"distill_weight": -1.0}, "finetune.distill_weight")):
+        with pytest.raises(ConfigError, match=key):
+            check_task_distill(dataclasses.replace(cfg, finetune=dataclasses.replace(cfg.finetune, **bad)))
