@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class DistillConfig:
-    teacher: str = ""  # teacher run directory or checkpoint folder (an MAE or distilled encoder); `medjax distill --teacher`
+    teacher: str = ""  # teacher run or checkpoint folder (MAE, distilled or imported encoder); `distill --teacher`
     loss: str = "smooth_l1"  # per-token feature matching: "smooth_l1" (Huber-like) or "cosine" (1 - cosine similarity)
     beta: float = 1.0  # smooth_l1: the |error| below which the loss is quadratic (in feature units)
-    mask_ratio: float = 0.0  # fraction of patches hidden from the student (the teacher sees all); 0: the student sees all
+    mask_ratio: float = 0.0  # fraction of patches hidden from the student (the teacher sees all); 0: none hidden
     init_from: str = ""  # run whose encoder initialises the student (same architecture); "" = random initialisation
