@@ -38,6 +38,6 @@ class FinetuneConfig:
     eval_overlap: float = 0.5  # sliding-window overlap (fraction of the window) at evaluation and prediction
     eval_batch: int = 4  # windows per model call at evaluation and prediction
     cache: bool = True  # prepare the training records once into WORKDIR/cache (memory-mapped; same batches)
-    teacher: str = ""  # classification: a fine-tuned run whose logits the student also learns (task distillation); "" = none
+    teacher: str = ""  # classification: a fine-tuned run whose logits the student also learns (distillation); "": none
     distill_weight: float = 1.0  # weight of the soft-target KL added to the task loss when finetune.teacher is set
     temperature: float = 2.0  # softmax temperature T of the soft-target KL (the KL is scaled by T^2)
