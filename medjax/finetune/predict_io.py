@@ -24,13 +24,12 @@ from medjax.errors import CheckpointError
 def load_finetuned(checkpoint):
     """``(cfg, model_def, params, model_state, step)`` of a fine-tuning checkpoint (workdir or step folder), the
     arrays read onto the default device (only the parameters and model state; no optimizer state)."""
-    import jax
 
     from medjax.config.overrides import from_dict
     from medjax.config.schema import Config
     from medjax.finetune.tasks import TASKS, build_task_model
     from medjax.training.restore import open_checkpoint, restore_model
-    from medjax.training.state import split_model
+    from medjax.training.state import abstract_model, split_model
 
     saved = open_checkpoint(checkpoint)
     if not saved.meta.get("config"):
@@ -39,14 +38,7 @@ def load_finetuned(checkpoint):
     if cfg.task not in TASKS:
         raise CheckpointError(f"{checkpoint}: task={cfg.task!r} is not a fine-tuned model; pass a `medjax finetune` "
                               "workdir")
-    holder = {}
-
-    def abstract():
-        model_def, p, ms = split_model(build_task_model(cfg))
-        holder["model_def"] = model_def
-        return p, ms
-
-    abs_params, abs_ms = jax.eval_shape(abstract)
+    model_def, abs_params, abs_ms = abstract_model(lambda: build_task_model(cfg))
     if saved.meta.get("peft"):  # a PEFT checkpoint: its trainable parameters over the base it references
         from medjax.peft.checkpoint import restore_saved_params
 
@@ -54,7 +46,7 @@ def load_finetuned(checkpoint):
                                                    lambda: split_model(build_task_model(cfg))[1])
     else:
         params, model_state, _ = restore_model(saved, abs_params, abs_ms)
-    return cfg, holder["model_def"], params, model_state or {}, saved.step
+    return cfg, model_def, params, model_state or {}, saved.step
 
 
 def _boxes_in_input(world: np.ndarray, shape, affine) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -134,29 +134,21 @@ def load_run(src, step: int | None = None) -> LoadedRun:
         if hasattr(src, "encoder") or hasattr(src, "blocks"):
             return LoadedRun(cfg=None, model=src)
         raise TypeError(f"expected a run directory, checkpoint directory, LoadedRun or model; got {type(src)}")
-    import jax
 
     from medjax.training.restore import open_checkpoint, restore_model
-    from medjax.training.state import build_model, split_model
+    from medjax.training.state import abstract_model, build_model
 
     workdir, named_step = resolve_run(src)
     cfg = load_run_config(workdir)
     if cfg.task != "mae":
         raise CheckpointError(f"{workdir}: task={cfg.task!r}; the viewers load MAE pretraining runs")
     saved = open_checkpoint(workdir, named_step if step is None else int(step))
-    holder = {}
-
-    def abstract():
-        model_def, params, model_state = split_model(build_model(cfg))
-        holder["model_def"] = model_def
-        return params, model_state
-
-    abstract_params, abstract_state = jax.eval_shape(abstract)
+    model_def, abstract_params, abstract_state = abstract_model(lambda: build_model(cfg))
     try:
         params, model_state, _ = restore_model(saved, abstract_params, abstract_state)
     except CheckpointError as e:
         raise CheckpointError(f"{e} (the model is built from {workdir / CONFIG_FILE})") from None
-    model = holder["model_def"].merge(params, model_state or None)
+    model = model_def.merge(params, model_state or None)
     step, meta = saved.step, saved.meta
     return LoadedRun(cfg=cfg, model=model, step=step, workdir=workdir, meta=dict(meta or {}))
 

@@ -105,6 +105,20 @@ def split_model(model: nnx.Module) -> tuple[ModelDef, dict, dict]:
     return model_def, nnx.to_pure_dict(params), nnx.to_pure_dict(rest)
 
 
+def abstract_model(build) -> tuple[ModelDef, dict, dict]:
+    """``(model_def, params, model_state)`` of the model ``build()`` returns, traced under ``jax.eval_shape``:
+    the two trees hold ``jax.ShapeDtypeStruct`` leaves (restore targets), nothing is allocated."""
+    holder = {}
+
+    def trace():
+        model_def, params, model_state = split_model(build())
+        holder["model_def"] = model_def
+        return params, model_state
+
+    params, model_state = jax.eval_shape(trace)
+    return holder["model_def"], params, model_state
+
+
 def init_train_state(model: nnx.Module, tx, seed: int) -> tuple[ModelDef, TrainState]:
     """Split ``model`` and build its :class:`TrainState` (step 0). Call under ``jax.jit``/``eval_shape`` for
     sharded creation (see :func:`create_train_state`)."""
