@@ -99,6 +99,19 @@ class ViT(nnx.Module):
             tokens = jnp.concatenate([jnp.broadcast_to(cls, (tokens.shape[0], 1, self.width)), tokens], axis=1)
         return constrain(tokens, ("batch", "length", "embed"))
 
+    # Hooks for encoders that carry extra tokens through the blocks (medjax.peft's prompt tokens): identity here.
+    def _enter_block(self, h: jax.Array, i: int) -> jax.Array:
+        """Tokens (B, T, D) about to enter block ``i`` (1-based)."""
+        return h
+
+    def _exit_tokens(self, h: jax.Array) -> jax.Array:
+        """Tokens (B, T, D) leaving the encoder (returned layers, and before the final norm)."""
+        return h
+
+    def _exit_attention(self, w: jax.Array) -> jax.Array:
+        """Attention weights (B, heads, T, T) returned to the caller."""
+        return w
+
     def __call__(self, x: jax.Array, *, deterministic: bool = True, return_attention: bool = False,
                  return_layers: Sequence[int] = (), visible_ids: jax.Array | None = None):
         """Encode images x (B, *S, C) to tokens (B, P + L, D) float32 (after the final LayerNorm).
@@ -121,14 +134,15 @@ class ViT(nnx.Module):
         h = self.embed(x, visible_ids)
         attentions, layers = [], {}
         for i, block in enumerate(self.blocks, start=1):
+            h = self._enter_block(h, i)
             if return_attention:
                 h, w = block(h, deterministic=deterministic, return_attention=True)
-                attentions.append(w)
+                attentions.append(self._exit_attention(w))
             else:
                 h = block(h, deterministic=deterministic)
             if i in return_layers:
-                layers[i] = h
-        tokens = self.norm(h)
+                layers[i] = self._exit_tokens(h)
+        tokens = self.norm(self._exit_tokens(h))
         out = (tokens,)
         if return_attention:
             out += (attentions,)

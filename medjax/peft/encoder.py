@@ -49,42 +49,30 @@ class PeftViT(ViT):
             return jnp.concatenate([h[:, :p], rows, h[:, p:]], axis=1)
         return jnp.concatenate([h[:, :p], rows, h[:, p + n:]], axis=1)
 
-    def _strip(self, h: jax.Array) -> jax.Array:
+    def _enter_block(self, h: jax.Array, i: int) -> jax.Array:
+        if self.prompt is None:
+            return h
+        if i == 1:
+            h = self._prompts(h, 0)
+        elif self.prompt.shape[0] > 1:  # deep prompts: block i sees its own
+            h = self._prompts(h, i - 1)
+        return constrain(h, ("batch", "length", "embed"))
+
+    def _exit_tokens(self, h: jax.Array) -> jax.Array:
         p, n = self.num_prefix_tokens, self.num_prompts
         return jnp.concatenate([h[:, :p], h[:, p + n:]], axis=1) if n else h
+
+    def _exit_attention(self, w: jax.Array) -> jax.Array:
+        if not self.num_prompts:
+            return w
+        p, n = self.num_prefix_tokens, self.num_prompts
+        keep = jnp.asarray([j for j in range(w.shape[-1]) if not p <= j < p + n])
+        return w[:, :, keep][:, :, :, keep]
 
     def __call__(self, x: jax.Array, *, deterministic: bool = True, return_attention: bool = False,
                  return_layers: Sequence[int] = (), visible_ids: jax.Array | None = None):
         """As :meth:`ViT.__call__`; prompt tokens never appear in the outputs (attention rows/columns of the
         prompts are dropped too)."""
         self._set_deterministic(deterministic)
-        if self.prompt is None:
-            return super().__call__(x, deterministic=deterministic, return_attention=return_attention,
-                                    return_layers=return_layers, visible_ids=visible_ids)
-        return_layers = tuple(int(i) for i in return_layers)
-        bad = [i for i in return_layers if not 1 <= i <= len(self.blocks)]
-        if bad:
-            raise ValueError(f"return_layers {bad} out of range: blocks are numbered 1..{len(self.blocks)}")
-        deep = self.prompt.shape[0] > 1
-        h = self._prompts(self.embed(x, visible_ids), 0)
-        attentions, layers = [], {}
-        for i, block in enumerate(self.blocks, start=1):
-            if deep and i > 1:
-                h = self._prompts(h, i - 1)
-            h = constrain(h, ("batch", "length", "embed"))
-            if return_attention:
-                h, w = block(h, deterministic=deterministic, return_attention=True)
-                keep = jnp.asarray([j for j in range(w.shape[-1]) if not
-                                    self.num_prefix_tokens <= j < self.num_prefix_tokens + self.num_prompts])
-                attentions.append(w[:, :, keep][:, :, :, keep])
-            else:
-                h = block(h, deterministic=deterministic)
-            if i in return_layers:
-                layers[i] = self._strip(h)
-        tokens = self.norm(self._strip(h))
-        out = (tokens,)
-        if return_attention:
-            out += (attentions,)
-        if return_layers:
-            out += ([layers[i] for i in return_layers],)
-        return out if len(out) > 1 else tokens
+        return super().__call__(x, deterministic=deterministic, return_attention=return_attention,
+                                return_layers=return_layers, visible_ids=visible_ids)
