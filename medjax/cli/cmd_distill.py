@@ -41,15 +41,10 @@ def run(args) -> int:
 
 def print_summary(summary: dict, out=None) -> None:
     """Where the run's results are, for humans (stdout)."""
+    from medjax.cli.cmd_pretrain import summary_lines
+
     out = out or sys.stdout
-    first, loss = summary.get("first_loss"), summary.get("final_loss")
-    lines = [
-        f"step {summary['step']}" + (f" (stopped by {summary['signal']})" if summary.get("signal") else ""),
-        f"distillation loss: {first:.4f} (first) -> {loss:.4f} (final)" if loss is not None and first is not None
-        else "distillation loss: no steps run",
-        f"teacher: {summary['teacher']} (width {summary['teacher_width']}, student {summary['student_width']})",
-        f"checkpoint: {summary['checkpoint']} (fine-tune with --init-from {summary['workdir']})",
-        f"parameters: {summary['num_params']:,} (digest {summary['params_digest'][:16]})",
-        f"metrics: {summary['metrics']}",
-    ]
+    lines = summary_lines(summary, loss_label="distillation loss",
+                          checkpoint_note=f" (fine-tune with --init-from {summary['workdir']})")
+    lines.append(f"teacher: {summary['teacher']} (width {summary['teacher_width']}, student {summary['student_width']})")
     print("\n".join(lines), file=out, flush=True)

@@ -58,20 +58,25 @@ def run(args) -> int:
     return int(summary["exit_code"])
 
 
+def summary_lines(summary: dict, *, loss_label: str = "loss", checkpoint_note: str = "") -> list[str]:
+    """The lines every run summary starts with (step, first -> final loss, checkpoint, parameters, metrics);
+    :mod:`medjax.cli.cmd_distill` adds its own after them."""
+    loss = summary.get("final_loss")
+    first = summary.get("first_loss")
+    return [
+        f"step {summary['step']}" + (f" (stopped by {summary['signal']})" if summary.get("signal") else ""),
+        f"{loss_label}: {first:.4f} (first logged) -> {loss:.4f} (final)" if loss is not None and first is not None
+        else f"{loss_label}: no steps run",
+        f"checkpoint: {summary['checkpoint']}{checkpoint_note}",
+        f"parameters: {summary['num_params']:,} (digest {summary['params_digest'][:16]})",
+        f"metrics: {summary['metrics']}",
+    ]
+
+
 def print_summary(summary: dict, out=None) -> None:
     """Where the run's results are, for humans (stdout)."""
     out = out or sys.stdout
-    loss = summary.get("final_loss")
-    first = summary.get("first_loss")
-    lines = [
-        f"step {summary['step']}" + (f" (stopped by {summary['signal']})" if summary.get("signal") else ""),
-        f"loss: {first:.4f} (first logged) -> {loss:.4f} (final)" if loss is not None and first is not None
-        else "loss: no steps run",
-        f"checkpoint: {summary['checkpoint']}",
-        f"parameters: {summary['num_params']:,} (digest {summary['params_digest'][:16]})",
-        f"metrics: {summary['metrics']}",
-        f"TensorBoard: {summary['tensorboard']}",
-    ]
+    lines = summary_lines(summary) + [f"TensorBoard: {summary['tensorboard']}"]
     if summary.get("reconstruction_png"):
         lines.append(f"reconstructions: {summary['reconstruction_png']}")
     if summary.get("loss_png"):
