@@ -41,7 +41,8 @@ def register(subparsers) -> None:
     c.add_argument("--methods", default=None, metavar="M1,M2,...",
                    help="compare fine-tuning methods instead (full,linear,lora,adapter,bitfit,prompt; all from "
                         "--init-from): held-out metric, trainable parameters, checkpoint and optimizer bytes, "
-                        "seconds per step (WORKDIR/<method>/seed<S>, WORKDIR/compare_methods.json)")
+                        "the compiled step's memory, seconds per step (WORKDIR/<method>/seed<S>; "
+                        "WORKDIR/compare_methods.json, .md and .png rewritten after every run)")
     c.set_defaults(func=run_compare)
 
 

@@ -107,7 +107,7 @@ def require_single_process() -> None:
 
 
 def finetune(cfg, workdir, *, init_from: str | None = None, restart: bool = False, progress: bool = True,
-             evaluate: bool = True) -> dict:
+             evaluate: bool = True, measure_memory: bool = False) -> dict:
     """Fine-tune ``cfg.task`` in ``workdir`` (resuming from its latest checkpoint unless ``restart``).
 
     Args:
@@ -117,6 +117,9 @@ def finetune(cfg, workdir, *, init_from: str | None = None, restart: bool = Fals
       restart: delete the workdir's checkpoints and logs first.
       progress: show the progress bar.
       evaluate: score the held-out records at the end (``eval.json``).
+      measure_memory: after the first step, XLA's memory analysis of the compiled train step
+        (:func:`medjax.parallel.sharding.compiled_memory`, bytes per device) goes into the summary as
+        ``step_memory`` (None when the step function cannot be lowered).
 
     Returns the summary dict (also ``WORKDIR/summary.json``): ``workdir``, ``checkpoint``, ``step``,
     ``first_loss``, ``final_loss``, ``init`` (report or None), ``eval`` (metrics or None), ``seconds``,
@@ -222,8 +225,21 @@ def finetune(cfg, workdir, *, init_from: str | None = None, restart: bool = Fals
             linear = cfg.task == "classification" and method == "linear"
             return _precise_feature_norm(run_cfg, spec, st, run.per_process) if linear else st
 
+        step_memory = None
+
+        def measure(s: int, st, batch, done) -> None:  # the step's arguments have the shapes of (st, batch)
+            nonlocal step_memory
+            if step_memory is None and hasattr(step_fn, "lower"):
+                from medjax.parallel.sharding import compiled_memory
+
+                with use_mesh(mesh, spec.rules):
+                    args = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding),
+                                        (st, batch))
+                    step_memory = compiled_memory(step_fn.lower(*args).compile())
+
         result = run_steps(cfg, run.state, step_fn, start=run.start, next_batch=next_batch, save=save, ckpt=ckpt,
-                           logger=logger, mesh=mesh, rules=spec.rules, before_final_save=probe_statistics)
+                           logger=logger, mesh=mesh, rules=spec.rules, before_final_save=probe_statistics,
+                           on_step=measure if measure_memory else None)
         ckpt.wait()
         if result.stopped is not None:
             logger.write(f"received {result.stopped.name}: saved checkpoint {ckpt.directory / str(result.step)}; "
@@ -251,6 +267,7 @@ def finetune(cfg, workdir, *, init_from: str | None = None, restart: bool = Fals
         "num_train_records": len(train_recs),
         "num_val_records": len(val_recs),
         "seconds": time.time() - t_start,
+        "step_memory": step_memory,
         "metrics": str(workdir / "metrics.jsonl"),
         "tensorboard": f"tensorboard --logdir {workdir / 'tb'}",
         "signal": stopped.name if stopped is not None else None,

@@ -156,7 +156,14 @@ def test_finetune_compare_methods_reports_costs(tmp_path, capsys):
     assert 0 < lora["trainable_params"] < lora["total_params"] and len(lora["per_seed"]) == 1
     assert lora["optimizer_bytes"] == 2 * 4 * lora["trainable_params"] < full["optimizer_bytes"]
     assert lora["checkpoint_bytes"] < full["checkpoint_bytes"]
+    # the compiled step's memory (same model, same batch): Adam moments and gradients for far fewer parameters
+    assert 0 < lora["step_memory_bytes"] < full["step_memory_bytes"]
+    assert full["step_memory"]["total"] == full["step_memory_bytes"] and full["step_memory"]["argument"] > 0
     assert "| lora |" in format_methods(result)
+    for name in ("compare_methods.json", "compare_methods.md", "compare_methods.png"):
+        assert (tmp_path / "cmp" / name).stat().st_size > 0, name
+    assert json.loads((tmp_path / "cmp" / "compare_methods.json").read_text())["methods"]["lora"]["per_seed"] \
+        == lora["per_seed"]
 
 
 def test_merged_config_is_self_contained_and_keeps_a_linear_probe():
