@@ -19,6 +19,8 @@ One line each, in a notebook cell::
   (per layer and head, CLS or query patch, rollout) mapped to voxels and overlaid on the volume.
 - :class:`ExperimentLauncher` ``(preset="demo", workdir=None)``: start / stop / resume ``medjax pretrain`` in a
   background process, with a live loss curve and the run's checkpoints.
+- :class:`FederatedView` ``(workdir, *, rounds=None, command=None)``: a federated run's sites, rounds, global
+  and per-site loss curves and epsilon spent, refreshed from ``WORKDIR/metrics.jsonl`` while it runs.
 
 Every viewer displays itself (``_repr_mimebundle_``: the live widget plus a static ``image/png`` of the current
 view, so notebooks exported to HTML show the figure without a kernel) and exposes ``.widget`` for layouts.
@@ -36,6 +38,7 @@ _LAZY = {
     "ReconstructionViewer": "medjax.interactive.recon_viewer",
     "AttentionViewer": "medjax.interactive.attention_viewer",
     "ExperimentLauncher": "medjax.interactive.launcher",
+    "FederatedView": "medjax.interactive.federated_view",
     "load_run": "medjax.interactive.checkpoints",
     "list_checkpoints": "medjax.interactive.checkpoints",
     "list_runs": "medjax.interactive.checkpoints",
