@@ -29,9 +29,10 @@ class FinetuneConfig:
     val_records: int = 2  # the last N records are held out for evaluation (never trained on); 0: no evaluation
     pool: str = "mean"  # classification pooling: "mean" or "max" over the patch tokens, or the "cls" token
     volume_reduce: str = "mean"  # classification of a whole volume from its windows: "mean" or "max" probability
-    decoder_features: int = 16  # segmentation: UNETR decoder channels at full resolution (doubling per level)
+    decoder_features: int = 16  # UNETR decoder / detection neck channels at full resolution (doubling per level)
     dice_weight: float = 1.0  # segmentation: weight of the soft Dice loss added to the cross-entropy
     det_hidden: int = 128  # detection: hidden width of the per-cell head
+    det_stride: int = 0  # detection: voxels per heat-map cell, a power of two below the patch (neck); 0 = patch grid
     det_top_k: int = 20  # detection: candidate boxes kept per window before NMS
     det_score_threshold: float = 0.1  # detection: minimum centre probability of a reported box
     det_nms_iou: float = 0.1  # detection: 3D NMS suppresses boxes overlapping a better one by more than this IoU

@@ -123,12 +123,12 @@ class Predictor:
             self._cls_fn = jax.jit(lambda x, p, s: (jax.nn.sigmoid if multi else
                                                     lambda z: jax.nn.softmax(z, axis=-1))(forward(x, p, s)))
         else:
+            from medjax.finetune.tasks import detection_grid
             from medjax.models.heads.detection import decode_boxes
-            from medjax.config.variants import decode_variant
 
-            patch = decode_variant(cfg.model.variant, cfg.data.spatial_dims).patch
+            stride = detection_grid(cfg)[0]
             top_k = cfg.finetune.det_top_k
-            self._det_fn = jax.jit(lambda x, p, s: decode_boxes(forward(x, p, s), patch, top_k))
+            self._det_fn = jax.jit(lambda x, p, s: decode_boxes(forward(x, p, s), stride, top_k))
 
     # -- helpers
     def _slices(self, volume: np.ndarray) -> np.ndarray:

@@ -9,11 +9,12 @@ Tasks (``Config.task``):
 - ``"segmentation"``: :class:`~medjax.models.heads.UNETR`; cross-entropy + ``dice_weight`` x soft Dice (mean over
   the foreground labels, pooled over the batch).
 - ``"detection"``: :class:`~medjax.models.heads.ViTDetector`; CenterNet penalty-reduced focal loss on the centre
-  heat map plus L1 on log-size and centre offset at object centres. Boxes come from the connected components of
-  the crop's label map (host side, :func:`label_objects`, :func:`detection_targets`), so they follow crops and
-  augmentation exactly. With one class every labelled voxel belongs to an object (values may be instance ids);
-  with ``num_classes`` K > 1 the label map holds class ids (value ``c`` in 1..K is class ``c - 1``) and each class
-  gets its own heat-map channel and targets.
+  heat map plus L1 on log-size and centre offset at object centres, on the grid of ``finetune.det_stride`` voxels
+  per cell (:func:`detection_grid`; finer than the patch through the detector's upsampling neck). Boxes come from
+  the connected components of the crop's label map (host side, :func:`label_objects`, :func:`detection_targets`),
+  so they follow crops and augmentation exactly. With one class every labelled voxel belongs to an object
+  (values may be instance ids); with ``num_classes`` K > 1 the label map holds class ids (value ``c`` in 1..K is
+  class ``c - 1``) and each class gets its own heat-map channel and targets.
 
 A loss function has the signature of :mod:`medjax.training.steps`: ``loss_fn(model, batch, key) -> (loss, aux)``.
 """
@@ -53,6 +54,27 @@ def check_task(cfg) -> None:
         raise ConfigError(f"finetune.volume_reduce={ft.volume_reduce!r}: use 'mean' or 'max'")
     if cfg.task == "detection" and cfg.data.spatial_dims != 3:
         raise ConfigError("task=detection finds 3D lesions: set data.spatial_dims=3")
+    if cfg.task == "detection":
+        detection_grid(cfg)  # a ConfigError naming finetune.det_stride when the stride cannot be built
+
+
+def detection_grid(cfg) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """``(stride, grid)`` of the detection heat map for ``cfg``: voxels per cell along each axis
+    (``finetune.det_stride``, at most the patch; 0 = the patch) and cells per crop (``crop_size / stride``).
+
+    Raises:
+      ConfigError: ``finetune.det_stride`` is not 0 or a power of two, or the patch is not a power of two.
+    """
+    from medjax.config.variants import decode_variant
+    from medjax.models.heads.detection import detection_stride
+
+    patch = decode_variant(cfg.model.variant, cfg.data.spatial_dims).patch
+    try:
+        stride = detection_stride(patch, cfg.finetune.det_stride)
+    except ValueError as e:
+        raise ConfigError(f"finetune.det_stride={cfg.finetune.det_stride}: {e}; use 0 (the patch grid of "
+                          f"{cfg.model.variant}) or a power of two such as 2 or 4") from None
+    return stride, tuple(c // s for c, s in zip(crop_size(cfg), stride))
 
 
 def crop_size(cfg) -> tuple[int, ...]:
@@ -77,7 +99,8 @@ def build_task_model(cfg, seed: int | None = None) -> nnx.Module:
     elif cfg.task == "segmentation":
         model = UNETR(cfg.model, num_classes=ft.num_classes, features=ft.decoder_features, **common)
     else:
-        model = ViTDetector(cfg.model, num_classes=ft.num_classes, hidden=ft.det_hidden, **common)
+        model = ViTDetector(cfg.model, num_classes=ft.num_classes, hidden=ft.det_hidden, stride=ft.det_stride,
+                            features=ft.decoder_features, **common)
     # PEFT modules (LoRA, adapters, prompts) around the encoder; base parameter paths are unchanged
     return apply_peft(model, ft, cfg.train.seed if seed is None else seed)
 
@@ -225,15 +248,18 @@ def label_objects(label: np.ndarray, min_voxels: int = 1, num_classes: int = 1) 
     return np.asarray(boxes, np.float64).reshape(-1, 2 * n), np.asarray(classes, np.int64)
 
 
-def detection_targets(boxes: np.ndarray, grid, patch, num_classes: int = 1, classes=None) -> dict[str, np.ndarray]:
-    """CenterNet targets on the patch grid for boxes ``(N, 2n)`` (continuous voxel coordinates) of ``classes``
-    ``(N,)`` (ints in ``[0, num_classes)``; default all 0).
+def detection_targets(boxes: np.ndarray, grid, stride, num_classes: int = 1, classes=None) -> dict[str, np.ndarray]:
+    """CenterNet targets on a grid of ``grid`` cells of ``stride`` voxels each (the patch grid, or the finer grid
+    of the detector's neck; see :func:`detection_grid`) for boxes ``(N, 2n)`` (continuous voxel coordinates) of
+    ``classes`` ``(N,)`` (ints in ``[0, num_classes)``; default all 0). Cell ``g`` covers voxels
+    ``[g s - 0.5, (g + 1) s - 0.5)``; a centre ``c`` lies in cell ``floor((c + 0.5) / s)`` at offset
+    ``(c + 0.5) / s - cell`` (what :func:`~medjax.models.heads.detection.decode_boxes` inverts).
 
     Returns ``heatmap`` (*grid, K) float32 (per class channel: Gaussian peaks, sigma from the box size in cells,
     max over that class's objects), ``log_size`` (*grid, n), ``offset`` (*grid, n) in [0, 1), ``center_mask``
     (*grid) float32 (1 at centres of any class).
     """
-    grid, patch = tuple(int(g) for g in grid), np.asarray(patch, np.float64)
+    grid, stride = tuple(int(g) for g in grid), np.asarray(stride, np.float64)
     n = len(grid)
     boxes = np.asarray(boxes, np.float64).reshape(-1, 2 * n)
     classes = np.zeros(len(boxes), np.int64) if classes is None else np.asarray(classes, np.int64).reshape(-1)
@@ -248,9 +274,9 @@ def detection_targets(boxes: np.ndarray, grid, patch, num_classes: int = 1, clas
     for box, k in zip(boxes, classes):
         lo, hi = box[:n], box[n:]
         centre = (lo + hi) / 2
-        pos = (centre + 0.5) / patch  # in cells
+        pos = (centre + 0.5) / stride  # in cells
         cell = np.clip(np.floor(pos).astype(int), 0, np.asarray(grid) - 1)
-        size_cells = (hi - lo) / patch
+        size_cells = (hi - lo) / stride
         sigma = np.maximum(size_cells / 6.0, 0.5)
         g = np.exp(-0.5 * (((coords - cell) / sigma) ** 2).sum(-1)).astype(np.float32)
         heat[..., k] = np.maximum(heat[..., k], g)
@@ -288,14 +314,11 @@ def prepare_batch(cfg, batch: dict) -> dict:
         if "label" not in batch:
             raise ConfigError("task=detection derives boxes from label maps: set finetune.label_key to the records' "
                               "lesion-mask key (e.g. 'lesion')")
-        from medjax.config.variants import decode_variant
-
-        patch = decode_variant(cfg.model.variant, cfg.data.spatial_dims).patch
-        grid = tuple(c // p for c, p in zip(crop_size(cfg), patch))
+        stride, grid = detection_grid(cfg)
         targets = []
         for lab in batch["label"]:
             boxes, classes = label_objects(lab, ft.min_object_voxels, ft.num_classes)
-            targets.append(detection_targets(boxes, grid, patch, ft.num_classes, classes))
+            targets.append(detection_targets(boxes, grid, stride, ft.num_classes, classes))
         for k in targets[0]:
             out[k] = np.stack([t[k] for t in targets])
     return out

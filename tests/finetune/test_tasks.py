@@ -88,7 +88,8 @@ def test_class_from_label(tiny_cfg):
 def test_train_steps_lower_loss_and_linear_probe_freezes_encoder(tiny_cfg, task, mode, nd):
     import dataclasses
 
-    cfg = tiny_cfg(task, mode=mode, **({"class_weights": (1.0, 3.0)} if task == "classification" else {}))
+    extra = {"classification": {"class_weights": (1.0, 3.0)}, "detection": {"det_stride": 2}}.get(task, {})
+    cfg = tiny_cfg(task, mode=mode, **extra)  # detection: heat map on 2-voxel cells through the upsampling neck
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, spatial_dims=nd))
     model = build_task_model(cfg)
     _, params, _ = split_model(model)

@@ -41,6 +41,10 @@ def test_heads_shapes(nd, size):
     grid = (size // 4,) * nd
     assert out["heatmap"].shape == (2, *grid, 2)  # one heat-map channel per object class
     assert out["size"].shape == out["offset"].shape == (2, *grid, nd)
+    # an upsampling neck puts the heat map, sizes and offsets on a grid of 2 voxels per cell
+    fine = _abstract_call(lambda: ViTDetector(CFG, hidden=8, stride=2, features=4, rngs=nnx.Rngs(0), **common), x)
+    assert fine["heatmap"].shape == (2,) + (size // 2,) * nd + (1,)
+    assert fine["size"].shape == fine["offset"].shape == (2,) + (size // 2,) * nd + (nd,)
 
 
 @pytest.mark.parametrize("pool", ["mean", "max", "cls"])
@@ -72,6 +76,17 @@ def test_feature_norm_identity_until_statistics_are_set():
     np.testing.assert_allclose(norm(f), (f - 1) / 2, rtol=1e-5)
     train = norm(f, deterministic=False)
     np.testing.assert_allclose(np.asarray(train).mean(0), 0, atol=1e-5)
+
+
+def test_space_to_depth_folds_each_block_into_channels():
+    from medjax.models.heads.detection import _space_to_depth
+
+    x = jnp.arange(2 * 4 * 6 * 2 * 3, dtype=jnp.float32).reshape(2, 4, 6, 2, 3)
+    y = np.asarray(_space_to_depth(x, (2, 3, 1)))
+    assert y.shape == (2, 2, 2, 2, 18)
+    # cell (1, 0, 1) of sample 1 holds voxels x 2..3, y 0..2, z 1, in (dx, dy, dz, channel) order
+    want = np.asarray(x)[1, 2:4, 0:3, 1:2].reshape(-1)
+    np.testing.assert_array_equal(y[1, 1, 0, 1], want)
 
 
 def test_decode_boxes_recovers_a_planted_box():
