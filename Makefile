@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed
-	$(PY) -m pip install -q -e '.[dev,notebooks,interop]'
+	$(PY) -m pip install -q -e '.[dev,notebooks,interop,federated]'
 	touch $@
 
 install: $(VENV)/.installed

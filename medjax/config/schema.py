@@ -11,6 +11,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from medjax.config.distill_schema import DistillConfig
+from medjax.config.federated_schema import FederatedConfig
 from medjax.config.finetune_schema import FinetuneConfig
 
 
@@ -112,9 +113,10 @@ class Config:
     mesh: MeshConfig = field(default_factory=MeshConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    federated: FederatedConfig = field(default_factory=FederatedConfig)
 
 
-SECTIONS = ("data", "model", "train", "checkpoint", "mesh", "finetune", "distill")
+SECTIONS = ("data", "model", "train", "checkpoint", "mesh", "finetune", "distill", "federated")
 
 
 def replace(cfg, **changes):

@@ -38,12 +38,13 @@ def read_metrics(path) -> list[dict]:
     return out
 
 
-def truncate_metrics(path, max_step: int) -> int:
-    """Keep only records with ``step <= max_step`` (rewritten atomically); returns how many were kept."""
+def truncate_metrics(path, max_step: int, key: str = "step") -> int:
+    """Keep only records with ``record[key] <= max_step`` (rewritten atomically); returns how many were kept.
+    ``key`` is ``"round"`` for a federated run's metrics."""
     p = Path(path)
     if not p.exists():
         return 0
-    keep = [r for r in read_metrics(p) if int(r.get("step", 0)) <= max_step]
+    keep = [r for r in read_metrics(p) if int(r.get(key, 0)) <= max_step]
     tmp = p.with_suffix(".jsonl.tmp")
     with open(tmp, "w") as f:
         for r in keep:
