@@ -284,6 +284,7 @@ class FederatedView(WidgetDisplay):
     def _png(self, s: dict) -> bytes:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
+        from matplotlib.ticker import MaxNLocator
 
         fig = Figure(figsize=(8.0, 2.8), dpi=80)
         FigureCanvasAgg(fig)
@@ -310,6 +311,7 @@ class FederatedView(WidgetDisplay):
         ax_eps.set_xlabel("round", fontsize=8)
         ax_eps.set_ylabel("epsilon", fontsize=8)
         for a in (ax, ax_eps):
+            a.xaxis.set_major_locator(MaxNLocator(integer=True))
             a.tick_params(labelsize=7)
             a.grid(alpha=0.3)
             if self.rounds:
