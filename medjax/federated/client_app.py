@@ -61,9 +61,12 @@ def node_settings(context: Context) -> tuple[str, str, str, str]:
 
 
 def _enable_compile_cache(state_dir: str) -> None:
-    """Each round runs in a fresh ClientApp process: keep compiled steps in the site's state folder."""
+    """Each round runs in a fresh ClientApp process: keep compiled steps in the site's state folder (unless
+    ``JAX_COMPILATION_CACHE_DIR`` already names a cache)."""
     import jax
 
+    if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        return
     jax.config.update("jax_compilation_cache_dir", os.path.join(state_dir, "xla-cache"))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 

@@ -99,6 +99,27 @@ def prox_step(model_def, tx, schedule, mu: float, *, state_shardings=None, max_n
     return jax.jit(step, **kwargs)
 
 
+def _roll_back(state_dir: Path, round_: int) -> None:
+    """Forget this site's checkpoints (and step records) of rounds ``>= round_``: the server is re-running
+    ``round_`` (it restarted before saving it), so the site starts it again from the state after ``round_ - 1``."""
+    import shutil
+
+    from medjax.training.checkpoint import Checkpointer, checkpoint_dir
+    from medjax.training.logging import truncate_metrics
+
+    folder = checkpoint_dir(state_dir)
+    if not folder.is_dir():
+        return
+    later = [p for p in folder.iterdir() if p.name.isdigit() and int(p.name) >= round_]
+    for p in later:
+        shutil.rmtree(p)
+    if later:
+        with Checkpointer(state_dir, keep=2) as ckpt:
+            latest = ckpt.latest_step()
+            step = int((ckpt.read_item("meta", latest) or {}).get("step", 0)) if latest is not None else 0
+        truncate_metrics(Path(state_dir) / "metrics.jsonl", step)
+
+
 def train_round(cfg: Config, *, data_dir: str, state_dir, global_arrays: dict[str, np.ndarray], round_: int,
                 cache_dir: str = "", progress: bool = False) -> SiteResult:
     """Run this site's local steps for ``round_`` from ``global_arrays`` (shared parameters by name).
@@ -130,6 +151,7 @@ def train_round(cfg: Config, *, data_dir: str, state_dir, global_arrays: dict[st
         return make_data_iterator(scfg.data, global_batch=scfg.train.batch_size, seed=scfg.train.seed,
                                   num_shards=saved_num_shards(saved))
 
+    _roll_back(state_dir, round_)
     local_pats = compile_keys(fed.local_keys)
     with open_run(scfg, state_dir, tx=tx, make_data=make_data, progress=progress, desc=f"round {round_}") as run:
         spec, bsh = run.spec, run.batch_sharding
@@ -162,17 +184,20 @@ def train_round(cfg: Config, *, data_dir: str, state_dir, global_arrays: dict[st
                     return fn(st, b, anchor)
             else:
                 step_fn = fn
-            losses = []
+            metrics = []
             step = run.start
             for _ in range(fed.local_steps):
                 batch = to_global_batch(next(run.data), bsh)
-                state, metrics = step_fn(state, batch)
-                losses.append(metrics["loss"])
+                state, m = step_fn(state, batch)
+                metrics.append(m)
                 step += 1
-        host_losses = [float(x) for x in jax.device_get(losses)]
-        for i, value in enumerate(host_losses):
-            run.logger.log(run.start + i + 1, {"loss": value, "round": round_})
-        run.ckpt.save(step, state_to_dict(state), data_state=run.data.get_state(),
+        host = [{k: float(v) for k, v in m.items()} for m in jax.device_get(metrics)]
+        for i, m in enumerate(host):
+            run.logger.log(run.start + i + 1, m)
+        host_losses = [m["loss"] for m in host]
+        # the site's checkpoints are numbered by round, so a round the server sends again (after a server
+        # restart) starts from the same local state as the first time
+        run.ckpt.save(round_, state_to_dict(state), data_state=run.data.get_state(),
                       meta={"round": int(round_), "step": int(step)}, force=True)
         run.ckpt.wait()
         new_named = flatten(state.params)
