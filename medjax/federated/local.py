@@ -45,11 +45,14 @@ _STEPS: dict[str, Any] = {}  # jitted site steps of this process, by _step_key
 
 
 def _step_key(scfg: Config) -> str:
-    """What the compiled step depends on: the config without the site's data folders."""
+    """What the compiled step depends on: the config without the site's data folders and the settings the
+    step does not read (server-side and privacy settings)."""
     from medjax.config.overrides import to_json
+    from medjax.config.federated_schema import FederatedConfig
 
     data = dataclasses.replace(scfg.data, dir="", cache_dir="")
-    return to_json(dataclasses.replace(scfg, data=data, name=""))
+    fed = FederatedConfig(strategy=scfg.federated.strategy, proximal_mu=scfg.federated.proximal_mu)
+    return to_json(dataclasses.replace(scfg, data=data, name="", federated=fed))
 
 
 def total_steps(cfg: Config) -> int:

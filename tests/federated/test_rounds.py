@@ -92,3 +92,28 @@ def test_restarted_server_resumes_and_ends_like_an_uninterrupted_run(site_dirs, 
         np.testing.assert_array_equal(g[k], init[k])
     assert any(not np.array_equal(a[k], b[k]) for k in norms)
     assert not any(np.array_equal(g[k], init[k]) for k in others if g[k].ndim > 1)
+
+
+def test_dp_noise_is_added_at_the_site_with_the_configured_scale(site_dirs, tmp_path):
+    from medjax.federated.arrays import flatten
+    from medjax.federated.inprocess import InProcessSites
+    from medjax.federated.privacy import PrivacyAccountant
+    from medjax.federated.server import FederatedServer, initial_params
+
+    clip = 1e-3  # far below the update's norm: the clipped update is negligible next to the noise
+    cfg = tiny_cfg(site_dirs[1], "federated.rounds=2", f"federated.dp_clip={clip}", "federated.dp_noise=1.0",
+                   "federated.dp_delta=1e-5")
+    with FederatedServer(cfg, tmp_path / "server", log=lambda s: None) as server:
+        summary = server.run(InProcessSites({"only": site_dirs[1]}, tmp_path / "states"))
+        final = flatten(server.params())
+    init = flatten(initial_params(cfg))
+    diff = np.concatenate([(final[k] - init[k]).ravel() for k in init]).astype(np.float64)
+    # two rounds, each adding N(0, (noise * clip)^2) per coordinate: std sqrt(2) * clip (over ~10^5 coordinates)
+    assert diff.size > 50_000
+    assert abs(diff.std() / (np.sqrt(2) * clip) - 1) < 0.03
+    want = PrivacyAccountant(1.0, 1.0, 1e-5).step(2).epsilon()
+    assert summary["epsilon"] == pytest.approx(want)
+    privacy = json.loads((tmp_path / "server" / "privacy.json").read_text())
+    assert privacy["epsilon"] == pytest.approx(want) and privacy["rounds"] == 2
+    eps = [r["epsilon"] for r in _records(tmp_path / "server" / "metrics.jsonl") if r["site"] == "global"]
+    assert eps[1] > eps[0] > 0
