@@ -20,7 +20,7 @@ def register(subparsers) -> None:
                     "site state). Resumes at the round after WORKDIR's latest checkpoint unless --restart.",
     )
     s.add_argument("--config", required=True, metavar="NAME_OR_FILE", help="preset name or .py/.json config file")
-    s.add_argument("--sites", type=int, default=3, help="number of sites (default 3)")
+    s.add_argument("--sites", type=int, default=None, help="number of sites (default 3, or one per --site-dirs)")
     s.add_argument("--rounds", type=int, default=None, help="federated rounds (sets federated.rounds)")
     s.add_argument("--partition", choices=("by-site", "iid"), default="by-site",
                    help="how data.dir (a demo set) is split: sites that differ like hospitals, or iid")
@@ -47,14 +47,15 @@ def run_simulate(args) -> int:
     workdir = Path(args.workdir or f"runs/{cfg.name}-federated")
     if args.site_dirs:
         site_dirs = [str(d) for d in args.site_dirs]
-        if args.sites != len(site_dirs) and args.sites != 3:
+        if args.sites is not None and args.sites != len(site_dirs):
             raise ConfigError(f"--sites {args.sites} but {len(site_dirs)} --site-dirs; give one folder per site")
     else:
         from medjax.data.demo_sites import split_demo_sites
 
-        if args.sites < 1:
-            raise ConfigError(f"--sites {args.sites}: must be at least 1")
-        site_dirs = [str(p) for p in split_demo_sites(cfg.data.dir, workdir / "sites", args.sites, args.partition,
+        sites = 3 if args.sites is None else args.sites
+        if sites < 1:
+            raise ConfigError(f"--sites {sites}: must be at least 1")
+        site_dirs = [str(p) for p in split_demo_sites(cfg.data.dir, workdir / "sites", sites, args.partition,
                                                       cfg.train.seed)]
         print(f"split {cfg.data.dir} into {len(site_dirs)} sites ({args.partition}) under {workdir / 'sites'}",
               flush=True)
