@@ -1,0 +1,89 @@
+"""A real Flower deployment on loopback: flower-superlink and one flower-supernode per site as separate processes,
+the medjax app submitted with `flwr run` (slow: process start-up and one compile per ClientApp process)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from medjax.federated.simulate import alive
+from tests.federated.conftest import tiny_cfg
+
+pytestmark = pytest.mark.slow
+
+
+def _kill_after_round(dep, workdir: Path, round_: int, site: str, stop: threading.Event) -> None:
+    """Kill ``site``'s SuperNode (and its ClientApp processes) once the server logged ``round_``."""
+    metrics = workdir / "metrics.jsonl"
+    while not stop.is_set():
+        if metrics.exists() and any(json.loads(line).get("site") == "global" and json.loads(line)["round"] == round_
+                                    for line in metrics.read_text().splitlines() if line.strip()):
+            dep.kill_site(site)
+            return
+        time.sleep(0.2)
+
+
+def test_two_sites_two_rounds_on_loopback(site_dirs, tmp_path):
+    from medjax.federated.simulate import simulate
+
+    workdir, audit = tmp_path / "run", tmp_path / "audit"
+    cfg = tiny_cfg(site_dirs[0], "federated.rounds=2", "federated.min_sites=1", "federated.round_timeout=45")
+    stop, threads, lines = threading.Event(), [], []
+
+    def hook(dep):  # site-2 dies after round 1: round 2 must go on with site-1 alone
+        t = threading.Thread(target=_kill_after_round, args=(dep, workdir, 1, "site-2", stop), daemon=True)
+        t.start()
+        threads.append(t)
+
+    try:
+        summary = simulate(cfg, workdir, site_dirs, env={"MEDJAX_FEDERATED_AUDIT": str(audit)}, on_line=lines.append,
+                           deployment_hook=hook, timeout=900)
+    finally:
+        stop.set()
+    assert summary["rounds"] == 2
+    assert any("[medjax] round 2/2" in line for line in lines)
+    # every process started (SuperLink, SuperNodes, SuperExecs, ServerApp, ClientApps, flwr run) is gone
+    assert len(summary["pids"]) >= 6
+    assert not [p for p in summary["pids"] if alive(p)]
+
+    records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    glob = {r["round"]: r for r in records if r["site"] == "global"}
+    assert sorted(glob) == [1, 2]
+    assert "site-1" in glob[1]["sites"] and glob[2]["sites"] == ["site-1"]
+    for r in records:
+        assert {"round", "site", "loss", "num_examples", "epsilon", "seconds", "bytes_sent"} <= set(r)
+        assert r["bytes_sent"] > 0
+    assert (workdir / "checkpoints" / "2").is_dir()
+
+    # what each site's ClientApp processes opened: its own data, never the other site's
+    mine = {"site-1": str(Path(site_dirs[0]).absolute()), "site-2": str(Path(site_dirs[1]).absolute())}
+    opened: dict[str, set[str]] = {"site-1": set(), "site-2": set()}
+    for f in audit.glob("site-*.txt"):
+        opened[f.name.rsplit("-", 1)[0]] |= set(f.read_text().splitlines())
+    assert opened["site-1"], "the audit recorded nothing for site-1"
+    for site, paths in opened.items():
+        other = mine["site-2" if site == "site-1" else "site-1"]
+        assert not [p for p in paths if p.startswith(other + "/")], f"{site} opened another site's files"
+        if paths:
+            assert [p for p in paths if p.startswith(mine[site] + "/") and p.endswith(".nii.gz")]
+
+
+def test_every_process_is_stopped_after_a_failure(site_dirs, tmp_path):
+    from medjax.federated.simulate import simulate
+
+    seen = {}
+
+    def fail(dep):
+        time.sleep(1.0)
+        seen["pids"] = dep.watch()
+        raise RuntimeError("boom")
+
+    cfg = tiny_cfg(site_dirs[0], "federated.rounds=1")
+    with pytest.raises(RuntimeError, match="boom"):
+        simulate(cfg, tmp_path / "run", site_dirs, deployment_hook=fail)
+    assert len(seen["pids"]) >= 3  # the SuperLink and two SuperNodes at least
+    assert not [p for p in seen["pids"] if alive(p)]
