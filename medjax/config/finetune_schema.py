@@ -39,6 +39,8 @@ class FinetuneConfig:
     eval_overlap: float = 0.5  # sliding-window overlap (fraction of the window) at evaluation and prediction
     eval_batch: int = 4  # windows per model call at evaluation and prediction
     cache: bool = True  # prepare the training records once into WORKDIR/cache (memory-mapped; same batches)
-    teacher: str = ""  # classification: a fine-tuned run whose logits the student also learns (distillation); "": none
-    distill_weight: float = 1.0  # weight of the soft-target KL added to the task loss when finetune.teacher is set
+    teacher: str = ""  # fine-tuned run of the same task whose outputs the student also learns (distillation); "": none
+    distill_weight: float = 1.0  # weight of the distillation term added to the task loss when finetune.teacher is set
     temperature: float = 2.0  # softmax temperature T of the soft-target KL (the KL is scaled by T^2)
+    distill_feature_weight: float = 0.0  # segmentation: weight of matching the teacher's last decoder features; 0: off
+    distill_box_threshold: float = 0.5  # detection: teacher centre probability from which its boxes are targets

@@ -60,3 +60,46 @@ def soft_target_kl(student_logits: jax.Array, teacher_logits: jax.Array, tempera
     log_q = jax.nn.log_softmax(s, axis=-1)
     kl = jnp.sum(jnp.exp(log_p) * (log_p - log_q), axis=-1)
     return (temperature ** 2) * jnp.mean(kl)
+
+
+def bernoulli_kl(student_logits: jax.Array, teacher_logits: jax.Array, temperature: float = 1.0) -> jax.Array:
+    """Soft targets for independent sigmoid outputs (e.g. detection heat maps): ``T^2 * KL(Bern(sigmoid(t / T)) ||
+    Bern(sigmoid(s / T)))`` averaged over every element of ``(...)`` logits. The teacher carries no gradient."""
+    if temperature <= 0:
+        raise ValueError(f"temperature={temperature}: must be > 0")
+    t = jax.lax.stop_gradient(teacher_logits).astype(jnp.float32) / temperature
+    s = student_logits.astype(jnp.float32) / temperature
+    p = jax.nn.sigmoid(t)
+    kl = (p * (jax.nn.log_sigmoid(t) - jax.nn.log_sigmoid(s))
+          + (1.0 - p) * (jax.nn.log_sigmoid(-t) - jax.nn.log_sigmoid(-s)))
+    return (temperature ** 2) * jnp.mean(kl)
+
+
+def spatial_attention_loss(student: jax.Array, teacher: jax.Array, eps: float = 1e-12) -> jax.Array:
+    """Attention transfer (Zagoruyko & Komodakis) for feature maps whose channel counts differ: per sample, the map
+    ``mean_c f^2`` over the voxels of ``(B, *S, C)`` features, scaled to unit L2 norm; the loss is the squared L2
+    distance between the student's and the teacher's maps (in [0, 4]), averaged over the batch."""
+    if student.shape[:-1] != teacher.shape[:-1]:
+        raise ValueError(f"student features {student.shape} and teacher features {teacher.shape} cover different "
+                         "voxels; both must be computed on the same crop")
+
+    def unit_map(f):
+        a = jnp.mean(jnp.square(f.astype(jnp.float32)), axis=-1).reshape(f.shape[0], -1)
+        return a / jnp.maximum(jnp.linalg.norm(a, axis=-1, keepdims=True), eps)
+
+    d = unit_map(student) - unit_map(jax.lax.stop_gradient(teacher))
+    return jnp.mean(jnp.sum(d * d, axis=-1))
+
+
+def attention_kl(student_attn: jax.Array, teacher_attn: jax.Array, eps: float = 1e-12) -> jax.Array:
+    """``KL(teacher || student)`` between attention distributions ``(B, H, T, T)`` (rows sum to 1 over the last axis),
+    summed over keys and averaged over batch, heads and queries. When the head counts differ, each model's heads are
+    averaged first (a mean of distributions is a distribution). The teacher carries no gradient."""
+    s = student_attn.astype(jnp.float32)
+    t = jax.lax.stop_gradient(teacher_attn).astype(jnp.float32)
+    if s.shape[-2:] != t.shape[-2:] or s.shape[0] != t.shape[0]:
+        raise ValueError(f"student attention {s.shape} and teacher attention {t.shape} cover different tokens")
+    if s.shape[1] != t.shape[1]:
+        s, t = jnp.mean(s, axis=1, keepdims=True), jnp.mean(t, axis=1, keepdims=True)
+    kl = jnp.sum(t * (jnp.log(jnp.maximum(t, eps)) - jnp.log(jnp.maximum(s, eps))), axis=-1)
+    return jnp.mean(kl)

@@ -1,10 +1,13 @@
-"""Task distillation for classification (``medjax finetune --set finetune.teacher=WORKDIR``): the loss is the
-task's cross-entropy plus ``finetune.distill_weight`` x the soft-target KL (temperature ``finetune.temperature``)
-between the student's and the frozen teacher's class logits on the same batch.
+"""Task distillation (``medjax finetune --set finetune.teacher=WORKDIR``) for classification, segmentation and
+detection: the loss is the task's own plus ``finetune.distill_weight`` x a term against the frozen teacher's outputs
+on the same batch (:mod:`medjax.distill.task_losses`: soft-target KL with temperature ``finetune.temperature`` on
+class logits or per voxel on segmentation logits, optionally decoder feature matching; the teacher's heat map and
+confident boxes for detection).
 
-The teacher is a fine-tuned classification run (its architecture from its saved config, built for the student's
-crops); its parameters and model state are arguments of the jitted step (:func:`medjax.distill.step.make_teacher_step`):
-one pass over the data, no teacher outputs stored, no gradient and no optimizer state for the teacher.
+The teacher is a fine-tuned run of the same task (its architecture from its saved config, built for the student's
+crops, so both see exactly the same window); its parameters and model state are arguments of the jitted step
+(:func:`medjax.distill.step.make_teacher_step`): one pass over the data, no teacher outputs stored, no gradient and
+no optimizer state for the teacher.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 from functools import partial
 
+from medjax.distill.task_losses import classification_distill_loss, task_distill_loss_fn  # noqa: F401 (re-export)
 from medjax.errors import CheckpointError, ConfigError
 
 
@@ -29,20 +33,27 @@ class TaskTeacher:
 def check_task_distill(cfg) -> None:
     """ConfigError naming the key when ``finetune.teacher`` is set for a task or setting not supported."""
     ft = cfg.finetune
-    if cfg.task != "classification":
-        raise ConfigError(f"finetune.teacher is set for task={cfg.task!r}; task distillation is implemented for "
-                          "classification only (segmentation and detection are not yet)")
-    if ft.multi_label:
+    if cfg.task not in ("classification", "segmentation", "detection"):
+        raise ConfigError(f"finetune.teacher is set for task={cfg.task!r}; task distillation needs classification, "
+                          "segmentation or detection")
+    if cfg.task == "classification" and ft.multi_label:
         raise ConfigError("finetune.teacher with finetune.multi_label=true: the soft-target KL is defined over one "
                           "softmax; distil single-label classifiers")
     if ft.temperature <= 0:
         raise ConfigError(f"finetune.temperature={ft.temperature}: must be > 0")
     if ft.distill_weight < 0:
         raise ConfigError(f"finetune.distill_weight={ft.distill_weight}: must be >= 0")
+    if ft.distill_feature_weight < 0:
+        raise ConfigError(f"finetune.distill_feature_weight={ft.distill_feature_weight}: must be >= 0")
+    if ft.distill_feature_weight > 0 and cfg.task != "segmentation":
+        raise ConfigError(f"finetune.distill_feature_weight={ft.distill_feature_weight} matches decoder features, "
+                          f"which only segmentation has (task={cfg.task!r}); set it to 0")
+    if not 0.0 < ft.distill_box_threshold <= 1.0:
+        raise ConfigError(f"finetune.distill_box_threshold={ft.distill_box_threshold}: must be in (0, 1]")
 
 
 def load_task_teacher(source, cfg, mesh, rules) -> TaskTeacher:
-    """The classifier of run ``source`` (saved by ``medjax finetune`` with ``finetune.method=full``, or merged),
+    """The task model of run ``source`` (saved by ``medjax finetune`` with ``finetune.method=full``, or merged),
     built for ``cfg``'s crops, read onto ``mesh``.
 
     Raises CheckpointError / ConfigError naming the run and what differs (task, classes, channels, method).
@@ -79,31 +90,15 @@ def load_task_teacher(source, cfg, mesh, rules) -> TaskTeacher:
                        shardings=shardings, source=str(saved.directory / str(saved.step)))
 
 
-def classification_distill_loss(model, batch, key, *, cfg, teacher_def, teacher_arrays, weight: float,
-                                temperature: float, deterministic: bool = False):
-    """``task loss + weight * soft_target_kl(student logits, teacher logits, temperature)``; aux: the task
-    loss's aux plus ``task_loss``, ``kd_loss`` and ``teacher_logits``."""
-    import jax
-
-    from medjax.distill.losses import soft_target_kl
-    from medjax.finetune.tasks import classification_loss
-
-    task, aux = classification_loss(model, batch, key, cfg=cfg, deterministic=deterministic)
-    frozen = jax.tree.map(jax.lax.stop_gradient, teacher_arrays)
-    teacher = teacher_def.merge(frozen["params"], frozen["model_state"])
-    t_logits = teacher(batch["image"], deterministic=True)
-    kd = soft_target_kl(aux["logits"], t_logits, temperature)
-    return task + weight * kd, {**aux, "task_loss": task, "kd_loss": kd, "teacher_logits": t_logits}
-
-
 def make_task_distill_step(cfg, model_def, tx, schedule, teacher: TaskTeacher, *, state_shardings=None,
                            batch_sharding=None, grad_accum: int = 1, max_nonfinite=None, trainable=None):
     """The jitted fine-tuning step with the frozen ``teacher`` inside (see the module doc)."""
     from medjax.distill.step import make_teacher_step
 
+    loss = task_distill_loss_fn(cfg)
+
     def make_loss(arrays):
-        return partial(classification_distill_loss, cfg=cfg, teacher_def=teacher.model_def, teacher_arrays=arrays,
-                       weight=float(cfg.finetune.distill_weight), temperature=float(cfg.finetune.temperature))
+        return partial(loss, teacher_def=teacher.model_def, teacher_arrays=arrays)
 
     return make_teacher_step(model_def, tx, schedule, make_loss, teacher.arrays, teacher.shardings,
                              state_shardings=state_shardings, batch_sharding=batch_sharding, grad_accum=grad_accum,

@@ -152,16 +152,20 @@ def segmentation_loss(model, batch, key, *, cfg, deterministic: bool = False):
     """Weighted CE + ``dice_weight`` x soft Dice on ``label`` (B, *S) int; aux: logits (B, *S, K)."""
     del key
     logits = model(batch["image"], deterministic=deterministic)
+    return segmentation_logits_loss(logits, batch["label"], cfg=cfg), {"logits": logits}
+
+
+def segmentation_logits_loss(logits: jax.Array, label: jax.Array, *, cfg) -> jax.Array:
+    """The loss of :func:`segmentation_loss` for given logits (B, *S, K) and ``label`` (B, *S) int."""
     k = logits.shape[-1]
-    y = jnp.clip(batch["label"].astype(jnp.int32), 0, k - 1)
+    y = jnp.clip(label.astype(jnp.int32), 0, k - 1)
     onehot = jax.nn.one_hot(y, k, dtype=jnp.float32)
     logp = jax.nn.log_softmax(logits, axis=-1)
     w = _weights(cfg)
     wy = w[y]
     ce = -(onehot * logp).sum(-1)
     ce = (ce * wy).sum() / jnp.maximum(wy.sum(), 1e-6)
-    loss = ce + cfg.finetune.dice_weight * soft_dice_loss(jnp.exp(logp), onehot)
-    return loss, {"logits": logits}
+    return ce + cfg.finetune.dice_weight * soft_dice_loss(jnp.exp(logp), onehot)
 
 
 def focal_heatmap_loss(logits: jax.Array, target: jax.Array, alpha: float = 2.0, beta: float = 4.0) -> jax.Array:

@@ -1,6 +1,6 @@
-"""Task distillation for classification: the frozen teacher inside the fine-tuning step adds
-``distill_weight * soft_target_kl`` to the task loss (zero for a teacher equal to the student), keeps its bits,
-and `finetune --set finetune.teacher=RUN` trains with it."""
+"""Task distillation for classification (segmentation and detection: ``test_task_distill_dense.py``): the frozen
+teacher inside the fine-tuning step adds ``distill_weight * soft_target_kl`` to the task loss (zero for a teacher
+equal to the student), keeps its bits, and `finetune --set finetune.teacher=RUN` trains with it."""
 
 import dataclasses
 
@@ -98,9 +98,12 @@ def test_unsupported_settings_are_named():
 
     cfg = _cfg(teacher="runs/t")
     check_task_distill(cfg)
-    with pytest.raises(ConfigError, match="classification only"):
-        check_task_distill(dataclasses.replace(cfg, task="segmentation"))
+    check_task_distill(dataclasses.replace(cfg, task="segmentation"))
+    with pytest.raises(ConfigError, match="task distillation needs"):
+        check_task_distill(dataclasses.replace(cfg, task="mae"))
     for bad, key in (({"multi_label": True}, "multi_label"), ({"temperature": 0.0}, "finetune.temperature"),
-                     ({"distill_weight": -1.0}, "finetune.distill_weight")):
+                     ({"distill_weight": -1.0}, "finetune.distill_weight"),
+                     ({"distill_feature_weight": 1.0}, "finetune.distill_feature_weight"),
+                     ({"distill_box_threshold": 0.0}, "finetune.distill_box_threshold")):
         with pytest.raises(ConfigError, match=key):
             check_task_distill(dataclasses.replace(cfg, finetune=dataclasses.replace(cfg.finetune, **bad)))

@@ -263,7 +263,9 @@ class UNETR(nnx.Module):
         p = self.encoder.num_prefix_tokens
         return tokens[:, p:].astype(jnp.float32).reshape(tokens.shape[0], *self.encoder.grid, tokens.shape[-1])
 
-    def __call__(self, images: jax.Array, *, deterministic: bool = True) -> jax.Array:
+    def __call__(self, images: jax.Array, *, deterministic: bool = True, return_features: bool = False):
+        """Logits (B, *S, K) float32; with ``return_features`` also the last decoder stage's features
+        (B, *S, features) float32 (the input of the 1x1 output convolution, e.g. for distillation)."""
         tokens, hidden = self.encoder(images, deterministic=deterministic, return_layers=self.skip_layers or (1,))
         n = self.levels
         skips = [self.stem(images.astype(jnp.float32))]
@@ -271,4 +273,5 @@ class UNETR(nnx.Module):
         x = _conv1(self.bottom, self._grid(tokens))
         for j, up in zip(range(n - 1, -1, -1), self.ups):
             x = up(x, skips[j])
-        return _conv1(self.out, x).astype(jnp.float32)
+        logits = _conv1(self.out, x).astype(jnp.float32)
+        return (logits, x.astype(jnp.float32)) if return_features else logits
