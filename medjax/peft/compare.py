@@ -162,8 +162,9 @@ def format_methods(result: dict) -> str:
         n = sum(v is not None for v in r["per_seed"])
         cell = "n/a" if mean is None else f"{mean:.3f} ± {std:.3f} ({n})"
         sps = "n/a" if r.get("seconds_per_step") is None else f"{r['seconds_per_step']:.2f}"
-        rows.append(f"| {m} | {cell} | {r['trainable_params']:,} ({r['trainable_percent']:.2f}%) | "
-                    f"{r['encoder_trainable_params']:,} ({r['encoder_trainable_percent']:.2f}%) | "
+        enc = ("n/a" if r.get("encoder_trainable_params") is None else
+               f"{r['encoder_trainable_params']:,} ({r['encoder_trainable_percent']:.2f}%)")
+        rows.append(f"| {m} | {cell} | {r['trainable_params']:,} ({r['trainable_percent']:.2f}%) | {enc} | "
                     f"{_mib(r['checkpoint_bytes'])}{pct(r, 'checkpoint_bytes')} | {_mib(r['optimizer_bytes'])} | "
                     f"{_mib(r.get('step_memory_bytes'))}{pct(r, 'step_memory_bytes')} | {sps} |")
     return "\n".join([head, *rows])

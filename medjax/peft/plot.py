@@ -12,9 +12,11 @@ from pathlib import Path
 def plot_methods(result: dict, path) -> Path:
     """Save a PNG of a :func:`medjax.peft.compare.compare_methods` result to ``path``.
 
-    x: trainable parameters (log scale, count); y: the held-out metric, mean over seeds with ± sample std error
-    bars (no bar for one seed); each point labelled with its method and the number of seeds. Methods without a
-    finished run are left out. Returns ``path``.
+    Left: the held-out metric (mean over seeds, ± sample std error bars; no bar for one seed) against the
+    trainable parameters of the whole model (log scale); right, when the result has the counts: against the
+    trainable parameters inside the encoder (symmetric log scale, so ``linear``'s 0 has a place), where the methods
+    differ most (the task head, which every method trains, dominates the left panel). One marker per method,
+    named in the legend with its number of seeds. Methods without a finished run are left out. Returns ``path``.
     """
     import matplotlib
     from matplotlib.figure import Figure
@@ -27,25 +29,35 @@ def plot_methods(result: dict, path) -> Path:
         if mean is None or not r.get("trainable_params"):
             continue
         n = sum(v is not None for v in r["per_seed"])
-        points.append((method, float(r["trainable_params"]), mean, std if n > 1 else 0.0, n))
+        points.append((method, float(r["trainable_params"]), r.get("encoder_trainable_params"), mean,
+                       std if n > 1 else 0.0, n))
     if not points:
         raise ValueError(f"{path}: no method has a finished run with a held-out {result['metric']!r} to plot")
-    fig = Figure(figsize=(6.4, 4.2), dpi=110)
-    ax = fig.add_subplot()
+    encoder = all(p[2] is not None for p in points)
+    fig = Figure(figsize=(11.0 if encoder else 6.4, 4.4), dpi=110)
+    axes = fig.subplots(1, 2 if encoder else 1, sharey=True, squeeze=False)[0]
     colors = matplotlib.colormaps["tab10"]
-    for i, (method, x, y, err, n) in enumerate(points):
-        ax.errorbar([x], [y], yerr=[err] if n > 1 else None, fmt="o", ms=7, capsize=4, color=colors(i % 10),
-                    label=f"{method} (n={n})")
-        ax.annotate(method, (x, y), textcoords="offset points", xytext=(6, 6), fontsize=9)
-    ax.set_xscale("log")
+    markers = "osD^vPX*hp"
+    for i, (method, x, xe, y, err, n) in enumerate(points):
+        style = {"fmt": markers[i % len(markers)], "ms": 8, "capsize": 4, "color": colors(i % 10), "alpha": 0.85}
+        axes[0].errorbar([x], [y], yerr=[err] if n > 1 else None, label=f"{method} (n={n})", **style)
+        if encoder:
+            axes[1].errorbar([float(xe)], [y], yerr=[err] if n > 1 else None, **style)
     xs = [p[1] for p in points]
-    ax.set_xlim(min(xs) / 1.6, max(xs) * 1.6)
-    ax.set_xlabel("trainable parameters (log scale)")
-    ax.set_ylabel(f"held-out {result['metric']} (mean ± std over seeds)")
+    axes[0].set_xscale("log")
+    axes[0].set_xlim(min(xs) / 2, max(xs) * 2)
+    axes[0].set_xlabel("trainable parameters, whole model (log scale)")
+    axes[0].set_ylabel(f"held-out {result['metric']} (mean ± std over seeds)")
+    axes[0].legend(fontsize=8, loc="best")
+    if encoder:
+        axes[1].set_xscale("symlog", linthresh=100)
+        axes[1].set_xlim(-10, max(float(p[2]) for p in points) * 3)
+        axes[1].set_xlabel("trainable parameters inside the encoder (symlog: 0 = frozen)")
+    for ax in axes:
+        ax.grid(True, which="major", alpha=0.3)
     seeds = result.get("seeds", [])
-    ax.set_title(f"{result.get('config', '')}: {result.get('steps')} steps, seeds {seeds}", fontsize=10)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
+    fig.suptitle(f"{result.get('config', '')}: {result.get('steps')} fine-tuning steps, seeds "
+                 f"{', '.join(str(s) for s in seeds)}; n = seeds finished per method", fontsize=10)
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, format="png")
