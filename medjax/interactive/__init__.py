@@ -21,6 +21,8 @@ One line each, in a notebook cell::
   background process, with a live loss curve and the run's checkpoints.
 - :class:`FederatedView` ``(workdir, *, rounds=None, command=None)``: a federated run's sites, rounds, global
   and per-site loss curves and epsilon spent, refreshed from ``WORKDIR/metrics.jsonl`` while it runs.
+- :class:`AdapterSwitcher` ``(base, {name: finetune_workdir}, volume)``: several task adapters (PEFT runs) over
+  one base encoder read once; a toggle switches between them and shows each one's prediction on the same volume.
 
 Every viewer displays itself (``_repr_mimebundle_``: the live widget plus a static ``image/png`` of the current
 view, so notebooks exported to HTML show the figure without a kernel) and exposes ``.widget`` for layouts.
@@ -39,6 +41,7 @@ _LAZY = {
     "AttentionViewer": "medjax.interactive.attention_viewer",
     "ExperimentLauncher": "medjax.interactive.launcher",
     "FederatedView": "medjax.interactive.federated_view",
+    "AdapterSwitcher": "medjax.interactive.adapter_switcher",
     "load_run": "medjax.interactive.checkpoints",
     "list_checkpoints": "medjax.interactive.checkpoints",
     "list_runs": "medjax.interactive.checkpoints",
