@@ -41,10 +41,10 @@ class SiteResult:
     clipped: bool = False  # DP: the update was clipped and noised
 
 
-_STEPS: dict[str, Any] = {}  # jitted site steps of this process, by _step_key
+_STEPS: dict[str, Any] = {}  # jitted site steps of this process, by config_key
 
 
-def _step_key(scfg: Config) -> str:
+def config_key(scfg: Config) -> str:
     """What the compiled step depends on: the config without the site's data folders and the settings the
     step does not read (server-side and privacy settings)."""
     from medjax.config.overrides import to_json
@@ -170,7 +170,7 @@ def train_round(cfg: Config, *, data_dir: str, state_dir, global_arrays: dict[st
         with use_mesh(run.mesh, spec.rules):
             prox = fed.strategy == "fedprox" and fed.proximal_mu > 0
             # one compiled step per model/optimizer config in this process (in-process sites share it)
-            key = _step_key(scfg)
+            key = config_key(scfg)
             if key not in _STEPS:
                 if prox:
                     _STEPS[key] = prox_step(spec.model_def, tx, schedule, fed.proximal_mu,

@@ -54,13 +54,19 @@ def initial_params(cfg: Config) -> dict:
     ``medjax pretrain`` builds them (same seed, same jitted init)."""
     import jax
 
-    from medjax.federated.local import site_config
+    from medjax.federated.local import config_key, site_config
     from medjax.training.optim import make_optimizer, make_schedule
     from medjax.training.state import train_state_spec
 
     scfg = site_config(cfg, cfg.data.dir)
-    tx = make_optimizer(scfg.train, schedule=make_schedule(scfg.train))
-    return jax.device_get(train_state_spec(scfg, tx=tx).init().params)
+    key = config_key(scfg)
+    if key not in _INITIAL:
+        tx = make_optimizer(scfg.train, schedule=make_schedule(scfg.train))
+        _INITIAL[key] = jax.device_get(train_state_spec(scfg, tx=tx).init().params)
+    return jax.tree.map(np.copy, _INITIAL[key])
+
+
+_INITIAL: dict[str, dict] = {}  # initial parameters by config (a restarted server in the same process reuses them)
 
 
 class FederatedServer:
