@@ -171,9 +171,20 @@ class FederatedView(WidgetDisplay):
         self._follow()
 
     def stop(self, *, kill: bool = False) -> None:
-        """Stop following; and ask the started run to stop (SIGTERM, or SIGKILL with ``kill=True``)."""
+        """Ask the run to stop, or stop following when there is no process.
+
+        SIGINT, as Ctrl-C in a terminal: ``medjax federated simulate`` then stops every process it started
+        (SuperLink, SuperNodes, ``flwr run``) before it exits. ``kill=True`` sends SIGKILL to the run's whole
+        process group (the command was started in its own session) for a run that no longer answers.
+        """
         if self.running:
-            self.process.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+            if kill:
+                try:
+                    os.killpg(self.process.pid, signal.SIGKILL)
+                except OSError:
+                    self.process.kill()
+            else:
+                self.process.send_signal(signal.SIGINT)
         elif self.process is None:
             self._stop_polling.set()
 
@@ -333,7 +344,7 @@ class FederatedView(WidgetDisplay):
         self._plot = w.Image(format="png")
         self._table = w.HTML()
         self._stop_button = w.Button(description="Stop", icon="stop", button_style="danger",
-                                     tooltip="SIGTERM to the started run (it stops every process it started)")
+                                     tooltip="Ctrl-C to the run: it stops every process it started, then exits")
         self._stop_button.on_click(lambda _: self.stop())
         controls = [self._progress] + ([self._stop_button] if self.command is not None or self.process else [])
         self.widget = w.VBox([self._sites, w.HBox(controls), self._status, self._plot, self._table])

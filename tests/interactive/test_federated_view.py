@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -102,3 +103,26 @@ def test_view_follows_a_running_process_to_the_end(tmp_path):
     assert "round 3 done" in view.log()
     with pytest.raises(RuntimeError, match="no command"):
         FederatedView(tmp_path / "run", follow=False).start()
+
+
+def test_stop_interrupts_the_run_like_ctrl_c(tmp_path):
+    """Stop sends SIGINT: the run's own clean-up (the simulator stopping its SuperLink and SuperNodes) runs."""
+    script = tmp_path / "waits.py"
+    script.write_text(textwrap.dedent("""
+        import sys, time
+        print("ready", flush=True)
+        try:
+            time.sleep(600)
+        except KeyboardInterrupt:
+            print("interrupted: cleaned up", flush=True)
+            sys.exit(3)
+    """))
+    view = FederatedView(tmp_path / "run", rounds=2, command=[sys.executable, str(script)], poll_s=0.05)
+    view.start()
+    while "ready" not in view.log():  # the interpreter must be up before SIGINT means KeyboardInterrupt
+        assert view.running, view.log()
+        time.sleep(0.05)
+    view.stop()
+    assert view.wait(timeout=120) == 3
+    assert "interrupted: cleaned up" in view.log()
+    assert view._status.value.startswith("finished (exit 3)")
