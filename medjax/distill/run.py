@@ -62,8 +62,15 @@ def distill(cfg: Config, workdir, *, restart: bool = False, progress: bool = Tru
         raise ConfigError(f"distill.mask_ratio={dcfg.mask_ratio}: must be in [0, 1)")
     if not dcfg.teacher:
         raise ConfigError("distill.teacher is empty: pass --teacher WORKDIR (a `medjax pretrain` run or checkpoint)")
+    if dcfg.layer_weight < 0 or dcfg.attention_weight < 0:
+        raise ConfigError(f"distill.layer_weight={dcfg.layer_weight}, distill.attention_weight="
+                          f"{dcfg.attention_weight}: must be >= 0")
     # the teacher first: a bad teacher fails before the workdir is touched
     teacher = load_teacher(dcfg.teacher, cfg, make_mesh(cfg.mesh), logical_rules(cfg.mesh))
+    if dcfg.layers:  # a ConfigError naming distill.layers for a bad entry, before the workdir is touched
+        from medjax.distill.layers import layer_pairs
+
+        layer_pairs(dcfg.layers, decode_variant(cfg.model.variant, cfg.data.spatial_dims).depth, teacher.depth)
     teacher_digest = params_digest(teacher.params)
     workdir = prepare_workdir(cfg, workdir, restart=restart)
     schedule = make_schedule(cfg.train)
@@ -86,7 +93,10 @@ def distill(cfg: Config, workdir, *, restart: bool = False, progress: bool = Tru
                                  spatial_dims=cfg.data.spatial_dims)
         return state.replace(params=params)
 
-    with open_run(cfg, workdir, tx=tx, model_factory=lambda: build_student(cfg, teacher.width), make_data=make_data,
+    def student_factory():
+        return build_student(cfg, teacher.width, teacher_depth=teacher.depth)
+
+    with open_run(cfg, workdir, tx=tx, model_factory=student_factory, make_data=make_data,
                   on_init=init_student, progress=progress, desc="distill") as run:
         spec, ckpt, data, logger, bsh, mesh = run.spec, run.ckpt, run.data, run.logger, run.batch_sharding, run.mesh
         num_params = count_params(run.state.params)

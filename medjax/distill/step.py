@@ -10,7 +10,8 @@ Per step (batch ``image`` ``(B, *S, C)``): teacher tokens ``(B, P_t + L, D_t)`` 
 ``(B, P_s + K, D_s)`` of the full input (K = L) or, with ``distill.mask_ratio`` > 0, of the MAE-style visible
 patches only (mask drawn from the step's mask key, as pretraining draws it); the student's tokens are projected
 to ``D_t`` and matched token by token with the teacher's at the same patches (and the CLS token when both have
-one).
+one). Optionally also intermediate blocks (``distill.layers``) and attention maps (``distill.attention_weight``):
+see :func:`distill_loss`.
 """
 
 from __future__ import annotations
@@ -20,38 +21,77 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 
-from medjax.distill.losses import feature_loss
+from medjax.distill.losses import attention_kl, feature_loss
 from medjax.models.masking import random_masking
 
 
 def distill_loss(model, batch: dict, mask_key: jax.Array, *, teacher_def, teacher_params, kind: str = "smooth_l1",
-                 beta: float = 1.0, mask_ratio: float = 0.0, deterministic: bool = False):
+                 beta: float = 1.0, mask_ratio: float = 0.0, layer_weight: float = 1.0,
+                 attention_weight: float = 0.0, deterministic: bool = False):
     """``(loss, aux)`` of a :class:`~medjax.distill.student.Student` ``model`` against the frozen teacher.
 
-    aux: ``{"student": (B, T, D_t) projected student tokens, "teacher": (B, T, D_t) matched teacher tokens}``.
+    ``loss = final + layer_weight * mean_pairs(layer) + attention_weight * mean_pairs(attention)``:
+
+    - final: ``feature_loss`` (``kind``, ``beta``) between the projected student tokens and the teacher's tokens
+      after the final LayerNorm, at the patches the student sees (and the CLS token when both have one);
+    - layer (only with ``model.layer_pairs``): the same on the outputs of each (student, teacher) block pair, each
+      side through a parameter-free LayerNorm, the student's through its pair's projection;
+    - attention (only with ``attention_weight`` > 0): :func:`~medjax.distill.losses.attention_kl` between the
+      attention maps of the same block pairs (the last blocks when there are none), both restricted to the
+      matched tokens and renormalised; heads averaged when the head counts differ.
+
+    aux: ``student`` / ``teacher`` (B, T, D_t) matched final tokens, ``final``, ``layer`` and ``attention`` losses.
     """
+    from medjax.distill.layers import match_indices, normalize_tokens, take_attention, take_tokens
+
     images = batch["image"]
     teacher = teacher_def.merge(jax.tree.map(jax.lax.stop_gradient, teacher_params)).encoder
-    t = jax.lax.stop_gradient(teacher(images, deterministic=True))
     student = model.encoder
     pt, ps = teacher.num_prefix_tokens, student.num_prefix_tokens
     if tuple(student.grid) != tuple(teacher.grid):
         raise ValueError(f"student patch grid {tuple(student.grid)} differs from the teacher's {tuple(teacher.grid)}; "
                          "give the student the teacher's patch size (model.variant=S/16 for a B/16 teacher)")
-    t_patches = t[:, pt:]
+    pairs = tuple(getattr(model, "layer_pairs", ()))
+    attn_pairs = (pairs or ((len(student.blocks), len(teacher.blocks)),)) if attention_weight > 0 else ()
+    want_attn = bool(attn_pairs)
+
+    def run(encoder, layers, **kw):
+        out = encoder(images, return_attention=want_attn, return_layers=layers, **kw)
+        out = out if isinstance(out, tuple) else (out,)
+        tokens, rest = out[0], list(out[1:])
+        attn = rest.pop(0) if want_attn else None
+        hidden = dict(zip(layers, rest.pop(0))) if layers else {}
+        return tokens, attn, hidden
+
+    t_tokens, t_attn, t_hidden = run(teacher, tuple(sorted({t for _, t in pairs})), deterministic=True)
+    t_tokens = jax.lax.stop_gradient(t_tokens)
+    ids_keep = None
+    kw = {}
     if mask_ratio > 0:
-        m = random_masking(mask_key, images.shape[0], student.num_patches, mask_ratio)
-        s = student(images, deterministic=deterministic, visible_ids=m.ids_keep)
-        t_patches = jnp.take_along_axis(t_patches, m.ids_keep[:, :, None], axis=1)
-    else:
-        s = student(images, deterministic=deterministic)
-    s = model.project(s)
-    s_match, t_match = s[:, ps:], t_patches
-    if ps and pt:  # both have a CLS token: match it too
-        s_match = jnp.concatenate([s[:, :1], s_match], axis=1)
-        t_match = jnp.concatenate([t[:, :1], t_match], axis=1)
-    loss = feature_loss(s_match, t_match, kind, beta=beta)
-    return loss, {"student": s_match, "teacher": t_match}
+        ids_keep = random_masking(mask_key, images.shape[0], student.num_patches, mask_ratio).ids_keep
+        kw["visible_ids"] = ids_keep
+    s_tokens, s_attn, s_hidden = run(student, tuple(sorted({s for s, _ in pairs})), deterministic=deterministic,
+                                     **kw)
+    s_idx, t_idx = match_indices(ps, pt, student.num_patches, ids_keep)
+    s_match, t_match = take_tokens(model.project(s_tokens), s_idx), take_tokens(t_tokens, t_idx)
+    final = feature_loss(s_match, t_match, kind, beta=beta)
+    loss = final
+    layer = jnp.zeros((), jnp.float32)
+    if pairs:
+        per = [feature_loss(normalize_tokens(take_tokens(model.project_layer(i, s_hidden[s]), s_idx)),
+                            normalize_tokens(take_tokens(t_hidden[t], t_idx)), kind, beta=beta)
+               for i, (s, t) in enumerate(pairs)]
+        layer = sum(per) / len(per)
+        loss = loss + layer_weight * layer
+    attention = jnp.zeros((), jnp.float32)
+    if attn_pairs:
+        s_full = ps == 0 or pt > 0  # the student keeps all its tokens (its CLS is matched, or it has none)
+        t_full = ids_keep is None and (pt == 0 or ps > 0)
+        per = [attention_kl(take_attention(s_attn[s - 1], s_idx, s_full),
+                            take_attention(t_attn[t - 1], t_idx, t_full)) for s, t in attn_pairs]
+        attention = sum(per) / len(per)
+        loss = loss + attention_weight * attention
+    return loss, {"student": s_match, "teacher": t_match, "final": final, "layer": layer, "attention": attention}
 
 
 class BoundStep:
@@ -114,7 +154,8 @@ def make_distill_step(model_def, tx, schedule, teacher, dcfg, *, state_shardings
     """
     def make_loss(teacher_params):
         return partial(distill_loss, teacher_def=teacher.model_def, teacher_params=teacher_params,
-                       kind=dcfg.loss, beta=float(dcfg.beta), mask_ratio=float(dcfg.mask_ratio))
+                       kind=dcfg.loss, beta=float(dcfg.beta), mask_ratio=float(dcfg.mask_ratio),
+                       layer_weight=float(dcfg.layer_weight), attention_weight=float(dcfg.attention_weight))
 
     return make_teacher_step(model_def, tx, schedule, make_loss, teacher.params, teacher.shardings,
                              state_shardings=state_shardings, batch_sharding=batch_sharding, grad_accum=grad_accum,

@@ -19,7 +19,8 @@ from medjax.errors import CheckpointError, ConfigError
 class Teacher:
     """``model_def`` (static; ``model_def.merge(params).encoder`` is the ViT), ``params`` (``{"encoder": ...}``,
     placed on the mesh), ``shardings`` (like ``params``), ``width`` (D), ``grid`` (patches per spatial dim),
-    ``num_prefix`` (CLS tokens), ``source`` (checkpoint folder read) and ``config`` (its saved config dict)."""
+    ``num_prefix`` (CLS tokens), ``source`` (checkpoint folder read), ``config`` (its saved config dict) and
+    ``depth`` (blocks)."""
 
     model_def: Any
     params: Any
@@ -29,6 +30,7 @@ class Teacher:
     num_prefix: int
     source: str
     config: dict
+    depth: int = 0
 
 
 def teacher_model_config(saved_cfg: dict, where: str):
@@ -74,7 +76,8 @@ def load_teacher(source, cfg, mesh, rules) -> Teacher:
     params, _ = load_encoder(target, saved.directory / str(saved.step), grid=grid, num_prefix=prefix,
                              spatial_dims=cfg.data.spatial_dims)
     return Teacher(model_def=model_def, params=params, shardings=shardings["params"], width=width, grid=grid,
-                   num_prefix=prefix, source=str(saved.directory / str(saved.step)), config=saved.meta.get("config"))
+                   num_prefix=prefix, source=str(saved.directory / str(saved.step)), config=saved.meta.get("config"),
+                   depth=len(m.encoder.blocks))
 
 
 def placed_abstract(build, mesh, rules):
