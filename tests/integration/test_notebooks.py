@@ -19,7 +19,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 NOTEBOOKS = REPO / "notebooks"
-ORDER = ("01_explore_data.ipynb", "02_pretrain_mae.ipynb", "03_reconstructions_and_attention.ipynb")
+ORDER = ("01_explore_data.ipynb", "02_pretrain_mae.ipynb", "03_reconstructions_and_attention.ipynb",
+         "05_federated.ipynb")
 
 # The smallest settings the notebooks accept; shared with the browser test.
 SMALL_SETTINGS = {
@@ -27,6 +28,7 @@ SMALL_SETTINGS = {
     "MEDJAX_NOTEBOOK_RESOLUTION_MM": "3.0",
     "MEDJAX_NOTEBOOK_STEPS": "20",
     "MEDJAX_NOTEBOOK_VARIANT": "Mu/8",
+    "MEDJAX_NOTEBOOK_ROUNDS": "2",
     "JAX_PLATFORMS": "cpu",
     "MPLBACKEND": "Agg",
 }
