@@ -1,0 +1,214 @@
+"""Frozen encoder features: a ViT encoder from a checkpoint (or seeded at random) applied window by window.
+
+Used by ``medjax probe`` (linear / k-NN probes, :mod:`medjax.finetune.probe`) and ``medjax features`` (embeddings
+written for researchers' own analyses). A volume is preprocessed as in fine-tuning
+(:func:`medjax.finetune.predict.preprocess_record`: reorient, resample, crop to foreground, normalise, pad), tiled
+into windows of ``data.crop_size`` (starts from :func:`medjax.evaluation.window_starts` with
+``finetune.eval_overlap``), and each window goes through the frozen encoder; its tokens are pooled into one
+feature vector:
+
+- ``mean``: average of the patch tokens (after the encoder's final LayerNorm);
+- ``max``: per-feature maximum over the patch tokens;
+- ``cls``: the CLS token (needs ``model.cls_token``).
+
+A volume's embedding is the mean of its windows' features. 2D encoders (``data.spatial_dims=2``) see the
+volume's slices along ``data.slice_axis``; every slice's windows count as the volume's windows.
+
+The encoder's architecture comes from the checkpoint's saved config (``model`` section) when it has one, so a
+preset whose model differs from the pretraining run still probes the encoder that was trained; only
+``params/encoder`` is read (:mod:`medjax.training.restore` via :func:`medjax.finetune.init.load_encoder`). A
+fixed sin-cos position table is rebuilt for the window's patch grid, a learned one is interpolated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from dataclasses import dataclass
+
+import numpy as np
+
+from medjax.errors import ConfigError
+
+POOLS = ("mean", "max", "cls")
+
+
+def encoder_config(cfg, meta: dict | None):
+    """``cfg`` with its ``model`` section taken from a checkpoint's saved config (``meta["config"]["model"]``)
+    when there is one; dropout and stochastic depth off (features are computed deterministically anyway)."""
+    from medjax.config.overrides import from_dict
+    from medjax.config.schema import ModelConfig
+
+    saved = ((meta or {}).get("config") or {}).get("model")
+    model = from_dict(ModelConfig, saved, "model") if saved else cfg.model
+    model = dataclasses.replace(model, dropout=0.0, drop_path=0.0)
+    return dataclasses.replace(cfg, model=model)
+
+
+@dataclass
+class Encoder:
+    """A frozen ViT encoder ready to embed windows.
+
+    Attributes:
+      name: ``"checkpoint"`` or ``"random-init"``.
+      source: checkpoint path, or ``None`` for a random initialisation.
+      seed: initialisation seed (random init), else None.
+      step: checkpoint step, else None.
+      loss: the training loss saved with the checkpoint (``meta["loss"]``), else None.
+      cfg: the config the encoder was built from (model section from the checkpoint).
+      params: the encoder's parameters (pure dict of arrays).
+    """
+
+    name: str
+    source: str | None
+    seed: int | None
+    step: int | None
+    loss: float | None
+    cfg: object
+    params: dict
+    _fn: object = None
+
+    def embed(self, windows: np.ndarray, pool: str) -> np.ndarray:
+        """Pooled features ``(N, D)`` float32 of windows ``(N, *window, C)``."""
+        import jax
+
+        out = jax.device_get(self._fn(self.params, np.asarray(windows, np.float32)))
+        return np.asarray(out[pool], np.float32)
+
+
+_FORWARD: dict = {}  # (model config, spatial dims, window) -> (model_def, jitted pooled forward): compiled once
+
+
+def _forward(cfg, window: tuple[int, ...]):
+    import jax
+    from flax import nnx
+
+    from medjax.models.vit import ViT
+    from medjax.training.state import abstract_model
+
+    key = (cfg.model, cfg.data.spatial_dims, tuple(window))
+    if key in _FORWARD:
+        return _FORWARD[key]
+    model_def, _, _ = abstract_model(lambda: ViT(cfg.model, spatial_dims=cfg.data.spatial_dims,
+                                                 input_size=window, rngs=nnx.Rngs(0)))
+
+    def fn(params, x):
+        enc = model_def.merge(params)
+        tokens = enc(x, deterministic=True).astype(jax.numpy.float32)
+        p = enc.num_prefix_tokens
+        patches = tokens[:, p:]
+        out = {"mean": patches.mean(axis=1), "max": patches.max(axis=1)}
+        out["cls"] = tokens[:, 0] if p else out["mean"]
+        return out
+
+    _FORWARD[key] = (model_def, jax.jit(fn))
+    return _FORWARD[key]
+
+
+def window_size(cfg) -> tuple[int, ...]:
+    from medjax.finetune.tasks import crop_size
+
+    return crop_size(cfg)
+
+
+def load_encoder_from(cfg, checkpoint) -> Encoder:
+    """The encoder of ``checkpoint`` (an MAE, fine-tuning or imported run, or one step folder), for windows of
+    ``data.crop_size`` of ``cfg``; the architecture from the checkpoint's saved config."""
+    import jax
+    from flax import nnx
+
+    from medjax.finetune.init import load_encoder
+    from medjax.models.vit import ViT
+    from medjax.training.restore import open_checkpoint
+    from medjax.training.state import abstract_model
+
+    saved = open_checkpoint(checkpoint)
+    ecfg = encoder_config(cfg, saved.meta)
+    window = window_size(ecfg)
+    _, abstract, _ = abstract_model(lambda: ViT(ecfg.model, spatial_dims=ecfg.data.spatial_dims,
+                                                input_size=window, rngs=nnx.Rngs(0)))
+    from medjax.training.restore import abstract_like
+
+    grid = tuple(w // p for w, p in zip(window, _patch(ecfg)))
+    params, _ = load_encoder({"encoder": abstract_like(abstract)}, saved.workdir / "checkpoints" / str(saved.step),
+                             grid=grid, num_prefix=1 if ecfg.model.cls_token else 0,
+                             spatial_dims=ecfg.data.spatial_dims)
+    _, fn = _forward(ecfg, window)
+    loss = saved.meta.get("loss")
+    return Encoder(name="checkpoint", source=str(checkpoint), seed=None, step=int(saved.step),
+                   loss=float(loss) if loss is not None else None, cfg=ecfg,
+                   params=jax.device_get(params["encoder"]), _fn=fn)
+
+
+def random_encoder(cfg, seed: int) -> Encoder:
+    """The same architecture as ``cfg.model`` with fresh parameters from ``seed`` (as fine-tuning from scratch
+    initialises its encoder: ``nnx.Rngs(seed)``)."""
+    import jax
+    from flax import nnx
+
+    from medjax.models.vit import ViT
+    from medjax.training.state import split_model
+
+    ecfg = encoder_config(cfg, None)
+    window = window_size(ecfg)
+    _, params, _ = split_model(ViT(ecfg.model, spatial_dims=ecfg.data.spatial_dims, input_size=window,
+                                   rngs=nnx.Rngs(int(seed))))
+    _, fn = _forward(ecfg, window)
+    return Encoder(name="random-init", source=None, seed=int(seed), step=None, loss=None, cfg=ecfg,
+                   params=jax.device_get(params), _fn=fn)
+
+
+def _patch(cfg) -> tuple[int, ...]:
+    from medjax.config.variants import decode_variant
+
+    return decode_variant(cfg.model.variant, cfg.data.spatial_dims).patch
+
+
+def check_pool(pool: str, cfg) -> None:
+    if pool not in POOLS:
+        raise ConfigError(f"pool={pool!r}: use one of {POOLS}")
+    if pool == "cls" and not cfg.model.cls_token:
+        raise ConfigError("pool='cls' needs an encoder with a CLS token (model.cls_token=true); use mean or max")
+
+
+# ------------------------------------------------------------------------------------------------ windows
+def model_inputs(volume: np.ndarray, spatial_dims: int, slice_axis: int = 2) -> np.ndarray:
+    """Preprocessed volume ``(X, Y, Z, C)`` -> model inputs: ``(1, X, Y, Z, C)`` in 3D, slices ``(N, H, W, C)``
+    along ``slice_axis`` in 2D."""
+    volume = np.asarray(volume, np.float32)
+    return volume[None] if spatial_dims == 3 else np.moveaxis(volume, slice_axis, 0)
+
+
+def tile(inputs: np.ndarray, window, overlap: float) -> tuple[np.ndarray, list]:
+    """Zero-pad ``inputs`` ``(N, *S, C)`` to at least ``window`` and list the windows tiling each sample.
+
+    Returns ``(padded, positions)``; positions ``[(sample index, starts), ...]`` (starts per spatial dim, from
+    :func:`medjax.evaluation.window_starts`), the layout :func:`medjax.finetune.evaluate.window_classes` reads.
+    """
+    from medjax.evaluation.sliding_window import window_starts
+
+    window = tuple(int(w) for w in window)
+    spatial = inputs.shape[1:-1]
+    padded = tuple(max(s, w) for s, w in zip(spatial, window))
+    if padded != spatial:
+        inputs = np.pad(inputs, [(0, 0)] + [(0, p - s) for p, s in zip(padded, spatial)] + [(0, 0)])
+    per_axis = [window_starts(p, w, overlap) for p, w in zip(padded, window)]
+    return inputs, [(i, st) for i in range(inputs.shape[0]) for st in itertools.product(*per_axis)]
+
+
+def window_features(encoders: list[Encoder], inputs: np.ndarray, positions: list, window, pool: str,
+                    batch: int = 8) -> list[np.ndarray]:
+    """Per encoder, the pooled features ``(W, D)`` float32 of the windows at ``positions`` of ``inputs``.
+
+    Windows go through the encoders in batches of ``batch`` (the last one zero-padded: one compilation per
+    window shape)."""
+    window = tuple(int(w) for w in window)
+    outs: list[list[np.ndarray]] = [[] for _ in encoders]
+    for i in range(0, len(positions), batch):
+        chunk = positions[i:i + batch]
+        wins = np.stack([inputs[(n, *(slice(s, s + w) for s, w in zip(st, window)))] for n, st in chunk])
+        if len(chunk) < batch:
+            wins = np.concatenate([wins, np.zeros((batch - len(chunk), *wins.shape[1:]), wins.dtype)])
+        for k, enc in enumerate(encoders):
+            outs[k].append(enc.embed(wins, pool)[: len(chunk)])
+    return [np.concatenate(o) if o else np.zeros((0, 0), np.float32) for o in outs]
