@@ -49,8 +49,13 @@ def run(args) -> int:
 
     cfg = load_config(args.config, args.overrides)
     workdir = args.workdir or f"runs/{cfg.name}"
+    probe = None
+    if cfg.train.probe_every:  # the linear-probe callback (finetune's probe; training does not import finetune)
+        from medjax.finetune.probe_callback import ProbeCallback
+
+        probe = ProbeCallback(cfg)
     summary = pretrain(cfg, workdir, restart=args.restart, progress=not args.no_progress,
-                       data_shards=args.data_shards, profile_steps=args.profile)
+                       data_shards=args.data_shards, profile_steps=args.profile, probe=probe)
     import jax
 
     if jax.process_index() == 0:

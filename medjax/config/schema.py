@@ -34,6 +34,7 @@ class DataConfig:
     prefetch: int = 2  # batches buffered per worker
     skip_bad: bool = False  # drop unreadable/invalid volumes (logged once) instead of raising
     shuffle: bool = True  # shuffle records every epoch (seeded)
+    val_dir: str = ""  # held-out volumes (folder or manifest) for pretraining's val_loss (train.eval_every); "": none
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,10 @@ class TrainConfig:
     max_nonfinite: int = 10  # consecutive non-finite steps tolerated before the run stops
     log_every: int = 10  # steps between metrics.jsonl / TensorBoard scalar records
     image_every: int = 0  # steps between TensorBoard reconstruction images; 0: only at the end
+    eval_every: int = 0  # pretraining: steps between MAE losses on data.val_dir (val_loss); 0: off
+    eval_samples: int = 16  # pretraining: fixed held-out crops (and masks) the val_loss is averaged over
+    probe_every: int = 0  # pretraining: steps between linear probes of the encoder on train.probe_config; 0: off
+    probe_config: str = ""  # pretraining: classification config (preset or file) the probe callback uses
 
 
 @dataclass(frozen=True)

@@ -129,6 +129,22 @@ class RunLogger:
                     self._tb.add_scalar(f"train/{k}", record[k], int(step))
         return record
 
+    def log_eval(self, step: int, values: dict) -> dict:
+        """Append an evaluation record ``{"step", **values, "time"}`` (host floats, e.g. ``val_loss``,
+        ``probe_window_auroc``) to metrics.jsonl and TensorBoard (``eval/<key>``). It has no ``loss`` key, so
+        readers of the training curve skip it."""
+        record = {"step": int(step), **{k: _finite(float(v)) if v is not None else None for k, v in values.items()},
+                  "time": time.time()}
+        if not self.enabled:
+            return record
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+        if self._tb is not None:
+            for k, v in values.items():
+                if record.get(k) is not None:
+                    self._tb.add_scalar(f"eval/{k}", record[k], int(step))
+        return record
+
     def images(self, step: int, images: dict) -> None:
         """TensorBoard images: ``{tag: (H, W) float in [0, 1]}``."""
         if self._tb is None:

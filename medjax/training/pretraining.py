@@ -75,7 +75,7 @@ def _tb_images(preview: dict) -> dict:
 
 
 def pretrain(cfg: Config, workdir, *, restart: bool = False, progress: bool = True,
-             data_shards: int | None = None, profile_steps: int = 0) -> dict:
+             data_shards: int | None = None, profile_steps: int = 0, probe=None) -> dict:
     """Pretrain the MAE of ``cfg`` in ``workdir``, resuming from its latest checkpoint unless ``restart``.
 
     Returns a summary dict: ``workdir``, ``checkpoint`` (directory of the last checkpoint), ``step``,
@@ -90,6 +90,11 @@ def pretrain(cfg: Config, workdir, *, restart: bool = False, progress: bool = Tr
     independently of the process count (rule in :mod:`medjax.data.global_batches`): 2 processes and 1 process
     with ``data_shards=2`` see the same batches. ``profile_steps`` > 0 records a JAX profiler trace of that
     many steps (after the compiling first step) into ``WORKDIR/tb`` for TensorBoard's profile tab.
+    ``train.eval_every`` > 0 logs the MAE loss on fixed crops of ``data.val_dir`` (``val_loss``,
+    :mod:`medjax.training.mae_eval`) every that many steps and at the end; ``probe`` (a callable ``state ->
+    {name: float}``, e.g. :class:`medjax.finetune.probe_callback.ProbeCallback`) is called every
+    ``train.probe_every`` steps and at the end, and its values logged the same way (``metrics.jsonl`` records
+    without ``loss``, TensorBoard ``eval/<name>``).
 
     Raises:
       TrainingDivergedError: ``cfg.train.max_nonfinite`` consecutive non-finite steps (state saved first).
@@ -111,6 +116,11 @@ def pretrain(cfg: Config, workdir, *, restart: bool = False, progress: bool = Tr
     t_start = time.time()
     if cfg.task != "mae":
         raise ConfigError(f"task={cfg.task!r}: `pretrain` trains MAE models; set task=mae or use a fine-tuning command")
+    from medjax.training.mae_eval import check_eval_config
+
+    check_eval_config(cfg)
+    if probe is not None and not cfg.train.probe_every:
+        raise ConfigError("a probe callback was given but train.probe_every=0; set train.probe_every")
     workdir = prepare_workdir(cfg, workdir, restart=restart)
     main = jax.process_index() == 0
     schedule = make_schedule(cfg.train)
@@ -148,9 +158,23 @@ def pretrain(cfg: Config, workdir, *, restart: bool = False, progress: bool = Tr
             last["batch"] = to_global_batch(next(data), bsh)
             return last["batch"]
 
+        held_out = None
+        if cfg.train.eval_every:
+            from medjax.training.mae_eval import HeldOutLoss
+
+            held_out = HeldOutLoss(cfg, spec)
+
         def previews(s: int, st, batch: dict, done: bool) -> None:
             if cfg.train.image_every and s % cfg.train.image_every == 0 and not done:
                 logger.images(s, _tb_images(previewer(st, batch["image"])))
+            # held-out curves: read from the device only at their own steps
+            values = {}
+            if held_out is not None and (s % cfg.train.eval_every == 0 or done):
+                values["val_loss"] = held_out(st)
+            if probe is not None and (s % cfg.train.probe_every == 0 or done):
+                values.update(probe(st))
+            if values and main:
+                logger.log_eval(s, values)
 
         result = run_steps(cfg, run.state, step_fn, start=run.start, next_batch=next_batch, save=save, ckpt=ckpt,
                            logger=logger, mesh=mesh, rules=spec.rules, on_step=previews,

@@ -30,7 +30,8 @@ def test_tiny_grid_writes_table_json_and_plot_then_resumes(cube_data, mae_run, t
     run, _ = mae_run
     res = label_efficiency(cfg, tmp_path / "le", init_from=str(run), labels=(2,), seeds=(0,))
     assert [(r["labeled"], r["arm"], r["seed"]) for r in res["rows"]] == [(2, "pretrained", 0), (2, "scratch", 0)]
-    assert all(r["value"] is not None or r["value"] is None for r in res["rows"]) and res["num_val"] == 4
+    # held-out volume AUROC (2 of the 4 held-out volumes hold a cube, so it is defined)
+    assert all(0.0 <= r["value"] <= 1.0 for r in res["rows"]) and res["num_val"] == 4
     saved = json.loads((tmp_path / "le" / "label_efficiency.json").read_text())
     assert saved["metric"] == "auroc" and len(saved["rows"]) == 2 and saved["summary"][0]["labeled"] == 2
     md = (tmp_path / "le" / "label_efficiency.md").read_text()
