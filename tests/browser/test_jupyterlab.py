@@ -103,6 +103,7 @@ CHECKS = {
     "01_explore_data.ipynb": {"slider": "axial", "images": 2},
     "02_pretrain_mae.ipynb": {"slider": None, "images": 1, "button": "Reconstruction"},
     "03_reconstructions_and_attention.ipynb": {"slider": "slice", "images": 2},
+    "04_adapt_one_model_to_many_tasks.ipynb": {"slider": "slice", "images": 1},
     "05_federated.ipynb": {"slider": None, "images": 1},
 }
 

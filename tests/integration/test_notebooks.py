@@ -20,7 +20,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 NOTEBOOKS = REPO / "notebooks"
 ORDER = ("01_explore_data.ipynb", "02_pretrain_mae.ipynb", "03_reconstructions_and_attention.ipynb",
-         "05_federated.ipynb")
+         "04_adapt_one_model_to_many_tasks.ipynb", "05_federated.ipynb")
 
 # The smallest settings the notebooks accept; shared with the browser test.
 SMALL_SETTINGS = {
