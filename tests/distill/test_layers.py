@@ -64,19 +64,21 @@ def _teacher(cfg):
     return model_def, params, m.encoder
 
 
-@pytest.fixture(scope="module", params=[False, True], ids=["no_cls", "cls"])
-def loss_of(request):
-    """``loss_of(student_variant, mask_ratio, same)``: the jitted distillation loss and its parts for a student of
-    ``student_variant`` (``same``: initialised with the teacher's encoder) against a Mu/8 teacher."""
+@pytest.fixture(scope="module")
+def loss_of():
+    """``loss_of(student_variant, mask_ratio, same, cls)``: the jitted distillation loss and its parts for a student
+    of ``student_variant`` (``same``: initialised with the teacher's encoder) against a Mu/8 teacher, both with a
+    CLS token when ``cls``."""
     from medjax.distill.step import distill_loss
     from medjax.distill.student import build_student
 
-    cls = request.param
-    tcfg = _cfg("Mu/8", cls)
-    tdef, tparams, tenc = _teacher(tcfg)
+    teachers = {}
     images = jax.random.normal(jax.random.key(2), (2, 16, 16, 16, 1))
 
-    def loss_of(variant, mask_ratio, same):
+    def loss_of(variant, mask_ratio, same, cls=False):
+        if cls not in teachers:
+            teachers[cls] = _teacher(_cfg("Mu/8", cls))
+        tdef, tparams, tenc = teachers[cls]
         cfg = _cfg(variant, cls, layers=("1", "2") if variant == "Mu/8" else ("1",), attention_weight=0.5,
                    layer_weight=2.0)
         student = build_student(cfg, tenc.width, seed=1, teacher_depth=len(tenc.blocks))
@@ -97,9 +99,11 @@ def loss_of(request):
 
 
 def test_student_equal_to_teacher_has_zero_loss_on_every_term(loss_of):
-    loss, parts, student = loss_of("Mu/8", 0.0, True)
-    assert student.layer_pairs == ((1, 1), (2, 2)) and student.layer_proj is None
-    assert loss == pytest.approx(0.0, abs=1e-6) and all(v == pytest.approx(0.0, abs=1e-6) for v in parts.values())
+    for cls in (False, True):
+        loss, parts, student = loss_of("Mu/8", 0.0, True, cls)
+        assert student.layer_pairs == ((1, 1), (2, 2)) and student.layer_proj is None
+        assert loss == pytest.approx(0.0, abs=1e-6)
+        assert all(v == pytest.approx(0.0, abs=1e-6) for v in parts.values())
     # under masking the student sees fewer patches than the teacher, so even an equal student has work to do
     loss_m, parts_m, _ = loss_of("Mu/8", 0.5, True)
     assert all(v > 1e-4 for v in parts_m.values())
@@ -111,7 +115,7 @@ def test_student_equal_to_teacher_has_zero_loss_on_every_term(loss_of):
 
 def test_smaller_student_projects_layers_and_averages_heads(loss_of):
     # 1 block of width 32 with 1 head against the 2-block, width-64, 2-head teacher: block 1 -> teacher block 2
-    loss, parts, student = loss_of("Mu/8:width=32,heads=1,depth=1", 0.5, False)
+    loss, parts, student = loss_of("Mu/8:width=32,heads=1,depth=1", 0.5, False, True)
     assert student.layer_pairs == ((1, 2),) and len(student.layer_proj) == 1
     assert student.layer_proj[0].kernel.shape == (32, 64)
     assert np.isfinite(loss) and all(v > 0 for v in parts.values())

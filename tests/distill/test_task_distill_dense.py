@@ -139,10 +139,10 @@ def test_segmentation_step_adds_weighted_terms_and_keeps_the_teacher(seg):
 
     # no gradient reaches the teacher's parameters
     student = spec.model_def.merge(state.params, state.model_state)
-    g = jax.grad(lambda tp: segmentation_distill_loss(
+    g = jax.jit(jax.grad(lambda tp: segmentation_distill_loss(
         student, batch, None, cfg=cfg, teacher_def=spec.model_def,
         teacher_arrays={"params": tp, "model_state": other.model_state}, weight=0.5, temperature=3.0,
-        feature_weight=0.25)[0])(other.params)
+        feature_weight=0.25)[0]))(other.params)
     assert not any(np.any(np.asarray(x)) for x in jax.tree.leaves(g))
 
 
@@ -185,7 +185,7 @@ def test_detection_step_adds_heatmap_and_box_terms_and_keeps_the_teacher():
     spec, tx, schedule, state = _state(cfg, 0)
     other = _state(cfg, 1)[3]
     images = jax.random.normal(jax.random.key(3), (2, 8, 8, 8, 1))
-    out = spec.model_def.merge(state.params, state.model_state)(images)
+    out = jax.jit(lambda st: spec.model_def.merge(st.params, st.model_state)(images))(state)
     grid = out["heatmap"].shape[1:-1]
     heat = np.zeros((2, *grid, 1), np.float32)
     heat[0, 0, 0, 0, 0] = 1.0
@@ -201,9 +201,13 @@ def test_detection_step_adds_heatmap_and_box_terms_and_keeps_the_teacher():
     _, m_same = step.rebind(_arrays(state))(_copy(state), batch)
     assert float(m_same["loss"]) == pytest.approx(float(m_plain["loss"]), abs=1e-6)
 
-    t_out = spec.model_def.merge(other.params, other.model_state)(images)
-    heat_kd = float(bernoulli_kl(out["heatmap"], t_out["heatmap"], 2.0))
-    box_kd, cells = confident_box_loss(out, t_out, 0.001)
+    @jax.jit
+    def terms(teacher):
+        t_out = spec.model_def.merge(teacher.params, teacher.model_state)(images)
+        return bernoulli_kl(out["heatmap"], t_out["heatmap"], 2.0), *confident_box_loss(out, t_out, 0.001)
+
+    heat_kd, box_kd, cells = terms(other)
+    heat_kd = float(heat_kd)
     assert float(cells) == np.prod(out["heatmap"].shape[:-1]) and float(box_kd) > 0
     expected = float(m_plain["loss"]) + 0.5 * (heat_kd + float(box_kd))
     assert float(m["loss"]) == pytest.approx(expected, rel=1e-5)
