@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -26,6 +27,10 @@ from medjax.errors import ConfigError
 CONNECTION = "medjax-local"
 START_TIMEOUT_S = 120.0  # seconds the SuperLink may take to accept connections
 STOP_GRACE_S = 10.0  # seconds between SIGTERM and SIGKILL when stopping
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def free_port() -> int:
@@ -271,6 +276,9 @@ def simulate(cfg, workdir, site_dirs: Sequence[str], *, restart: bool = False, e
     sites = {f"site-{i + 1}": str(d) for i, d in enumerate(site_dirs)}
     app = write_app(root / "app", config_json=to_json(cfg), workdir=workdir, wait_sites=len(sites))
     dep = LocalDeployment(root, sites, env=env)
+    previous = None
+    if threading.current_thread() is threading.main_thread():  # SIGTERM runs the clean-up below, as Ctrl-C does
+        previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         dep.start()
         if deployment_hook is not None:
@@ -285,6 +293,8 @@ def simulate(cfg, workdir, site_dirs: Sequence[str], *, restart: bool = False, e
                         f"again to resume from the latest checkpoint ({attempt + 1}/{resubmit})")
             dep.wait_idle()
     finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
         pids = dep.stop()
     summary_path = workdir / "summary.json"
     if not summary_path.is_file():
