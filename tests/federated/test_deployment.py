@@ -90,3 +90,37 @@ def test_every_process_is_stopped_after_a_failure(site_dirs, tmp_path):
         simulate(cfg, tmp_path / "run", site_dirs, deployment_hook=fail)
     assert len(seen["pids"]) >= 3  # the SuperLink and two SuperNodes at least
     assert not [p for p in seen["pids"] if alive(p)]
+
+
+def test_sigterm_stops_every_process(site_dirs, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    marker = tmp_path / "pids.json"
+    script = f"""
+import json, time
+from medjax.config import apply_overrides, get_preset
+from medjax.federated.simulate import simulate
+def hold(dep):
+    open({str(marker)!r}, "w").write(json.dumps(sorted(dep.watch())))
+    time.sleep(600)
+cfg = apply_overrides(get_preset("demo"), ["data.dir={site_dirs[0]}", "federated.rounds=1"])
+simulate(cfg, {str(tmp_path / "run")!r}, {list(site_dirs)!r}, deployment_hook=hold)
+"""
+    p = subprocess.Popen([sys.executable, "-c", script], env={**os.environ, "PYTHONPATH": os.getcwd()})
+    try:
+        t0 = time.time()
+        while not marker.exists() and p.poll() is None and time.time() - t0 < 300:
+            time.sleep(0.2)
+        assert marker.exists(), "the deployment did not start"
+        time.sleep(0.5)
+        pids = json.loads(marker.read_text())
+        assert len(pids) >= 3
+        p.send_signal(signal.SIGTERM)
+        p.wait(timeout=120)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert not [q for q in pids if alive(q)]
