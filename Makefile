@@ -29,7 +29,7 @@ system-deps:
 	bash .ci/ensure-chromium
 
 test: system-deps $(VENV)/.installed-dev
-	$(PY) -m pytest -n 2 --timeout 900 --durations=15 tests
+	$(PY) -m pytest -n 2 --timeout 900 --durations=40 tests
 
 lab: $(VENV)/.installed
 	$(VENV)/bin/medjax lab

@@ -28,7 +28,7 @@ SMALL_SETTINGS = {
     "MEDJAX_NOTEBOOK_RESOLUTION_MM": "3.0",
     "MEDJAX_NOTEBOOK_STEPS": "20",
     "MEDJAX_NOTEBOOK_VARIANT": "Mu/8",
-    "MEDJAX_NOTEBOOK_ROUNDS": "2",
+    "MEDJAX_NOTEBOOK_ROUNDS": "1",  # one federated round: the deployment test covers two
     "JAX_PLATFORMS": "cpu",
     "MPLBACKEND": "Agg",
 }
