@@ -22,9 +22,9 @@ import os
 import signal
 import subprocess
 import threading
-import time
 from pathlib import Path
 
+from medjax.interactive.background import start_logged, tail_log, wait_logged
 from medjax.interactive.render import WidgetDisplay
 
 GLOBAL = "global"
@@ -157,16 +157,8 @@ class FederatedView(WidgetDisplay):
             raise RuntimeError("no command to start: pass command=[...] (e.g. medjax federated simulate ...)")
         if self.running:
             raise RuntimeError(f"a run is already going (pid {self.process.pid}); stop it first")
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        if self._log is not None:
-            self._log.close()
-        self._log = open(self.workdir / LOG_FILE, "ab")
-        self._log.write(f"\n$ {' '.join(self.command)}\n".encode())
-        self._log.flush()
-        env = dict(os.environ)
-        env.setdefault("PYTHONUNBUFFERED", "1")
-        self.process = subprocess.Popen(self.command, cwd=self.cwd, env=env, stdout=self._log,
-                                        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        self.process, self._log = start_logged(self.command, self.workdir / LOG_FILE, cwd=self.cwd,
+                                               previous_log=self._log)
         self._seen = None
         self._follow()
 
@@ -192,11 +184,7 @@ class FederatedView(WidgetDisplay):
         """Block until the run's process ends; returns its exit status (``TimeoutError`` after ``timeout`` s)."""
         if self.process is None:
             raise RuntimeError("no process to wait for: start() a command or pass process=")
-        try:
-            code = self.process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            raise TimeoutError(f"the run in {self.workdir} is still going after {timeout} s; see "
-                               f"{self.workdir / LOG_FILE}") from None
+        code = wait_logged(self.process, self.workdir / LOG_FILE, timeout)
         if self._thread is not None:
             self._thread.join(timeout=30)
         self.refresh()
@@ -204,10 +192,7 @@ class FederatedView(WidgetDisplay):
 
     def log(self, lines: int = 40) -> str:
         """The last ``lines`` lines the started command printed."""
-        path = self.workdir / LOG_FILE
-        if not path.is_file():
-            return ""
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+        return tail_log(self.workdir / LOG_FILE, lines)
 
     def _follow(self) -> None:
         if self._thread is not None and self._thread.is_alive():

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from medjax.interactive.checkpoints import list_checkpoints
+from medjax.interactive.background import start_logged, tail_log, wait_logged
 from medjax.interactive.render import WidgetDisplay
 
 VARIANTS = ("Mu/8", "Ti/8", "Ti/16", "S/16", "B/16", "L/16")
@@ -123,17 +124,8 @@ class ExperimentLauncher(WidgetDisplay):
             raise RuntimeError(f"a run is already going in {self.workdir} (pid {self.process.pid}); stop it first")
         cfg = load_config(self.preset, self.overrides + self.settings())  # bad settings fail here, not in the log
         _check_variant(cfg)
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        if self._log is not None:
-            self._log.close()
-        self._log = open(self.workdir / LOG_FILE, "ab")
-        self._log.write(f"\n$ {' '.join(self.command(restart=restart))}\n".encode())
-        self._log.flush()
-        env = dict(os.environ)
-        env.setdefault("PYTHONUNBUFFERED", "1")
-        self.process = subprocess.Popen(self.command(restart=restart), cwd=self.cwd, env=env,
-                                        stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                        start_new_session=True)
+        self.process, self._log = start_logged(self.command(restart=restart), self.workdir / LOG_FILE,
+                                               cwd=self.cwd, previous_log=self._log)
         self._seen = (-1, -1)
         self._thread = threading.Thread(target=self._poll, name="medjax-launcher-poll", daemon=True)
         self._thread.start()
@@ -149,11 +141,7 @@ class ExperimentLauncher(WidgetDisplay):
         """Block until the run ends; returns its exit status. Raises ``TimeoutError`` after ``timeout`` s."""
         if self.process is None:
             raise RuntimeError("no run started: call start() or resume() first")
-        try:
-            code = self.process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            raise TimeoutError(f"the run in {self.workdir} is still going after {timeout} s; see "
-                               f"{self.workdir / LOG_FILE}") from None
+        code = wait_logged(self.process, self.workdir / LOG_FILE, timeout)
         if self._thread is not None:
             self._thread.join(timeout=30)
         self._update()
@@ -169,10 +157,7 @@ class ExperimentLauncher(WidgetDisplay):
 
     def log(self, lines: int = 40) -> str:
         """The last ``lines`` lines the run printed."""
-        path = self.workdir / LOG_FILE
-        if not path.is_file():
-            return ""
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+        return tail_log(self.workdir / LOG_FILE, lines)
 
     def _poll(self) -> None:
         proc = self.process
