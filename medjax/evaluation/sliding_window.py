@@ -52,6 +52,21 @@ def window_starts(size: int, window: int, overlap: float) -> list[int]:
     return [min(i * stride, size - window) for i in range(n)]
 
 
+def tile(inputs: np.ndarray, window, overlap: float) -> tuple[np.ndarray, list]:
+    """Zero-pad ``inputs`` ``(N, *S, C)`` to at least ``window`` and list the windows tiling each sample.
+
+    Returns ``(padded, positions)``; positions ``[(sample index, starts), ...]`` (starts per spatial dim, from
+    :func:`window_starts`), the layout :func:`medjax.finetune.evaluate.window_classes` reads.
+    """
+    window = tuple(int(w) for w in window)
+    spatial = inputs.shape[1:-1]
+    padded = tuple(max(s, w) for s, w in zip(spatial, window))
+    if padded != spatial:
+        inputs = np.pad(inputs, [(0, 0)] + [(0, p - s) for p, s in zip(padded, spatial)] + [(0, 0)])
+    per_axis = [window_starts(p, w, overlap) for p, w in zip(padded, window)]
+    return inputs, [(i, st) for i in range(inputs.shape[0]) for st in itertools.product(*per_axis)]
+
+
 def importance_map(window: Sequence[int], mode: str = "gaussian", sigma_scale: float | Sequence[float] = 0.125):
     """Blending weights ``(*window)`` float32 with maximum 1.
 

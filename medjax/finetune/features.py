@@ -23,7 +23,6 @@ fixed sin-cos position table is rebuilt for the window's patch grid, a learned o
 from __future__ import annotations
 
 import dataclasses
-import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -177,23 +176,6 @@ def model_inputs(volume: np.ndarray, spatial_dims: int, slice_axis: int = 2) -> 
     along ``slice_axis`` in 2D."""
     volume = np.asarray(volume, np.float32)
     return volume[None] if spatial_dims == 3 else np.moveaxis(volume, slice_axis, 0)
-
-
-def tile(inputs: np.ndarray, window, overlap: float) -> tuple[np.ndarray, list]:
-    """Zero-pad ``inputs`` ``(N, *S, C)`` to at least ``window`` and list the windows tiling each sample.
-
-    Returns ``(padded, positions)``; positions ``[(sample index, starts), ...]`` (starts per spatial dim, from
-    :func:`medjax.evaluation.window_starts`), the layout :func:`medjax.finetune.evaluate.window_classes` reads.
-    """
-    from medjax.evaluation.sliding_window import window_starts
-
-    window = tuple(int(w) for w in window)
-    spatial = inputs.shape[1:-1]
-    padded = tuple(max(s, w) for s, w in zip(spatial, window))
-    if padded != spatial:
-        inputs = np.pad(inputs, [(0, 0)] + [(0, p - s) for p, s in zip(padded, spatial)] + [(0, 0)])
-    per_axis = [window_starts(p, w, overlap) for p, w in zip(padded, window)]
-    return inputs, [(i, st) for i in range(inputs.shape[0]) for st in itertools.product(*per_axis)]
 
 
 def window_features(encoders: list[Encoder], inputs: np.ndarray, positions: list, window, pool: str,

@@ -58,8 +58,8 @@ def export_features(checkpoint, in_dir, out_dir, *, per_window: bool = False, co
       DataError: ``in_dir`` holds no volumes (naming it); ConfigError: bad pool or overlap.
     """
     from medjax.data.sources import load_records
-    from medjax.finetune.features import (check_pool, load_encoder_from, model_inputs, tile, window_features,
-                                          window_size)
+    from medjax.evaluation.sliding_window import tile
+    from medjax.finetune.features import check_pool, load_encoder_from, model_inputs, window_features, window_size
     from medjax.finetune.predict import preprocess_record
 
     cfg = features_config(checkpoint, config)

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from medjax.evaluation.sliding_window import sliding_window_inference, window_starts
+from medjax.evaluation.sliding_window import sliding_window_inference, tile
 
 
 # ----------------------------------------------------------------------------------------- geometry
@@ -144,12 +144,7 @@ class Predictor:
 
     def _windows(self, batch: np.ndarray):
         """All windows (list of (sample, starts)) tiling ``batch`` (N, *S, C) padded to at least the window."""
-        spatial = batch.shape[1:-1]
-        padded = tuple(max(s, w) for s, w in zip(spatial, self.window))
-        if padded != spatial:
-            batch = np.pad(batch, [(0, 0)] + [(0, p - s) for p, s in zip(padded, spatial)] + [(0, 0)])
-        per_axis = [window_starts(p, w, self.cfg.finetune.eval_overlap) for p, w in zip(padded, self.window)]
-        return batch, [(i, st) for i in range(batch.shape[0]) for st in itertools.product(*per_axis)]
+        return tile(batch, self.window, self.cfg.finetune.eval_overlap)
 
     def _run_windows(self, fn, batch, positions):
         bs = max(1, self.cfg.finetune.eval_batch)

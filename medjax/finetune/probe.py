@@ -64,7 +64,8 @@ def check_probe_config(cfg) -> None:
 def prepare(cfg, records: list[dict]) -> list[dict]:
     """Read, preprocess and tile each record once: ``id``, ``y`` (volume target), ``wy`` (window targets or
     None), ``inputs`` (the padded model inputs) and ``positions`` (the windows), for :func:`embed`."""
-    from medjax.finetune.features import model_inputs, tile, window_size
+    from medjax.evaluation.sliding_window import tile
+    from medjax.finetune.features import model_inputs, window_size
     from medjax.finetune.predict import preprocess_record
 
     window = window_size(cfg)
