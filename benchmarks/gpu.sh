@@ -13,6 +13,8 @@ mkdir -p "$OUT"
 PY=${PYTHON:-python}
 MJ="$PY -m medjax"
 STEPS=${STEPS:-20}
+# medjax and the PyTorch peer share the GPU in one process: JAX takes this fraction, torch the rest
+export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.45}
 run() {  # name, then the command; JSON line -> OUT/name.json, stderr -> OUT/name.log
   local name=$1; shift
   echo "== $name: $*" >&2
@@ -20,22 +22,29 @@ run() {  # name, then the command; JSON line -> OUT/name.json, stderr -> OUT/nam
   tail -n 1 "$OUT/$name.log" >&2
 }
 $PY - <<'PY' >&2
-import jax; print("jax", jax.__version__, jax.devices())
+import flax, jax, optax; print("jax", jax.__version__, "flax", flax.__version__, "optax", optax.__version__, jax.devices())
+try:
+    import torch; print("torch", torch.__version__, torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no cuda")
+except ImportError as e:
+    print("torch not importable:", e)
 PY
-# 2D ViT-B/16, 224^2, batch 256, bf16: cuDNN fused attention (padded) and plain XLA attention, vs HF compiled
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv >&2 || true
+# Most valuable first (a lease can end mid-script): each medjax arm beside its peer, then inference, then the
+# plain-XLA attention arms and the 3D step's memory.
+# 2D ViT-B/16, 224^2, batch 256, bf16, cuDNN fused attention (padded) vs HF ViTMAE through torch.compile
 run train2d_cudnn $MJ bench train --config mae2d_vitb16_224 --batch 256 --steps "$STEPS" --repeat 2 \
     --peer hf --peer-compile --set model.dtype=bfloat16 model.attention=cudnn
-run train2d_xla $MJ bench train --config mae2d_vitb16_224 --batch 256 --steps "$STEPS" --repeat 2 \
-    --set model.dtype=bfloat16 model.attention=xla
 # 3D ViT-B/16, 96^3: medjax bf16 vs MONAI fp32 (TF32 matmuls)
 run train3d_cudnn $MJ bench train --config mae3d_vitb16_96 --batch 32 --steps "$STEPS" --repeat 2 \
     --peer monai --peer-dtype float32 --set model.dtype=bfloat16 model.attention=cudnn
+# sliding-window inference (UNETR ViT-B) vs monai.inferers.sliding_window_inference
+run infer $MJ bench infer --volume 192 192 192 --window 96 96 96 --variant B/16 --batch 4 --repeats 3
+run train2d_xla $MJ bench train --config mae2d_vitb16_224 --batch 256 --steps "$STEPS" --repeat 2 \
+    --set model.dtype=bfloat16 model.attention=xla
 run train3d_xla $MJ bench train --config mae3d_vitb16_96 --batch 32 --steps "$STEPS" --repeat 2 \
     --set model.dtype=bfloat16 model.attention=xla
 # memory and compile time of the 3D step (no run)
 run mem3d $MJ bench train --config mae3d_vitb16_96 --batch 32 --compile-only --set model.dtype=bfloat16
-# sliding-window inference (UNETR ViT-B) vs monai.inferers.sliding_window_inference
-run infer $MJ bench infer --volume 192 192 192 --window 96 96 96 --variant B/16 --batch 4 --repeats 3
 $PY - "$OUT" <<'PY'
 import json, pathlib, sys
 out = pathlib.Path(sys.argv[1])

@@ -136,6 +136,10 @@ class TorchPeer:
                 spatial_dims=dims, qkv_bias=True, pos_embed_type=pos(size.width),
                 decoder_pos_embed_type=pos(int(m.decoder_width)))
             self.library = f"monai {monai.__version__}"
+        if self.device == "cuda" and self.dtype is None:
+            # float32 on a GPU: TF32 matmuls and convolutions, as XLA's default precision does for medjax
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
         self.model.to(self.device).train()
         self.params = int(sum(p.numel() for p in self.model.parameters()))
         t = cfg.train
