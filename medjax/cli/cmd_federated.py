@@ -7,7 +7,8 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "federated",
         help="federated training on Flower across sites that keep their data",
-        description="Federated MAE pretraining on Flower. `simulate` rehearses a consortium on one machine.",
+        description="Federated MAE pretraining and fine-tuning on Flower (federated.task=pretrain|finetune). "
+                    "`simulate` rehearses a consortium on one machine.",
     )
     sub = p.add_subparsers(dest="federated_command", metavar="SUBCOMMAND")
     s = sub.add_parser(
@@ -16,8 +17,10 @@ def register(subparsers) -> None:
         description="Split the data into N site folders (or take --site-dirs), start flower-superlink and one "
                     "flower-supernode per site as separate processes, run the medjax Flower app with `flwr run` "
                     "for the configured rounds, and stop every process started. WORKDIR gets the global "
-                    "checkpoints (one per round), metrics.jsonl, tb/, privacy.json (with DP) and flower/ (logs, "
-                    "site state). Resumes at the round after WORKDIR's latest checkpoint unless --restart.",
+                    "checkpoints (one per round), metrics.jsonl, tb/, privacy.json (with DP), eval.json (fine-tuning: "
+                    "each site's score of the final global model on its own held-out records) and flower/ (logs, "
+                    "site state). Fine-tune with a task preset and --set federated.task=finetune finetune.method=lora "
+                    "finetune.init_from=MAE_WORKDIR (PEFT methods exchange only their trainable parameters). Resumes at the round after WORKDIR's latest checkpoint unless --restart.",
     )
     s.add_argument("--config", required=True, metavar="NAME_OR_FILE", help="preset name or .py/.json config file")
     s.add_argument("--sites", type=int, default=None, help="number of sites (default 3, or one per --site-dirs)")
@@ -70,6 +73,10 @@ def run_simulate(args) -> int:
     lines = [f"rounds: {summary['rounds']} ({summary['strategy']}, {len(site_dirs)} sites) in {summary['seconds']:.0f} s",
              f"checkpoint: {summary['checkpoint']}", f"metrics: {summary['metrics']}",
              f"processes started and stopped: {len(summary['pids'])}"]
+    if summary.get("eval"):
+        ev = summary["eval"]
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in ev["mean"].items()) or "no held-out records"
+        lines.append(f"global model on {ev['num_val']} held-out record(s) across sites: {shown} (eval.json)")
     if summary.get("epsilon") is not None:
         lines.append(f"privacy: epsilon {summary['epsilon']:.3g} at delta {summary['delta']:g} (site-level)")
     print("\n".join(lines), flush=True)

@@ -74,3 +74,25 @@ def shared(named: Mapping[str, np.ndarray], local_keys: Iterable[str]) -> dict[s
 def nbytes(named: Mapping[str, np.ndarray]) -> int:
     """Bytes of array data in ``named`` (the payload of one message, without framing)."""
     return int(sum(np.asarray(v).nbytes for v in named.values()))
+
+
+def travelling_names(cfg, params: Mapping) -> list[str]:
+    """Names of the parameters of ``params`` (the model's nested dict) that the server and the sites exchange.
+
+    Not matched by ``federated.local_keys``; and when the sites fine-tune with a parameter-efficient
+    ``finetune.method`` (``federated.task=finetune``), only the parameters that method trains: the frozen base
+    is the same at every site (loaded from ``finetune.init_from``) and never travels.
+    """
+    import jax
+
+    from medjax.parallel.sharding import path_str
+
+    pats = compile_keys(cfg.federated.local_keys)
+    trains = lambda path: True  # noqa: E731
+    if cfg.federated.task == "finetune":
+        from medjax.peft.methods import is_trainable, resolve_method
+
+        method = resolve_method(cfg.finetune)
+        trains = lambda path: is_trainable(method, path)  # noqa: E731
+    names = [path_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0] if trains(p)]
+    return sorted(n for n in names if not is_local(n, pats))

@@ -10,7 +10,9 @@ A SuperNode is started with its own node configuration (``--node-config``)::
 A ``train`` message carries the global parameters (``ArrayRecord`` "arrays", by parameter name) and the run
 config (``ConfigRecord`` "config": ``round``, ``config-json``). The reply carries the shared parameters after
 local training and a ``MetricRecord`` "metrics" (``num-examples``, ``loss``, ``steps``, ``seconds``,
-``update-norm``) and the site label; no file names, paths, headers or per-case values.
+``update-norm``) and the site label; no file names, paths, headers or per-case values. An ``evaluate`` message
+(fine-tuning runs, after the last round) carries the global parameters; the reply holds the site's held-out
+count (``num-val``) and the task's scalar metrics on its own held-out records, nothing per case.
 
 ``MEDJAX_FEDERATED_AUDIT=FOLDER`` (environment of the SuperNode) makes each ClientApp process record every
 file it opens (Python audit events) in ``FOLDER/<site>-<pid>.txt``: how the tests check that a site reads only
@@ -92,4 +94,25 @@ def train(msg: Message, context: Context) -> Message:
                                  "update-norm": float(res.update_norm)}),
         "site": ConfigRecord({"name": site}),
     })
+    return Message(content=content, reply_to=msg)
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    """Score the global parameters on the site's own held-out records (fine-tuning runs); reply with aggregate
+    metrics only (``num-val`` and the task's scalar metrics)."""
+    from medjax.config.overrides import from_dict
+    from medjax.config.schema import Config
+    from medjax.federated.local import site_config
+    from medjax.federated.local_finetune import evaluate_global
+
+    site, data_dir, state_dir, cache_dir = node_settings(context)
+    _start_audit(site)
+    _enable_compile_cache(state_dir)
+    cfg = from_dict(Config, json.loads(str(msg.content["config"]["config-json"])))
+    arrays = {k: v.numpy() for k, v in msg.content["arrays"].items()}
+    metrics = evaluate_global(site_config(cfg, data_dir, cache_dir), state_dir=state_dir, global_arrays=arrays)
+    content = RecordDict({"metrics": MetricRecord({k.replace("_", "-"): (int(v) if k == "num_val" else float(v))
+                                                   for k, v in metrics.items()}),
+                          "site": ConfigRecord({"name": site})})
     return Message(content=content, reply_to=msg)

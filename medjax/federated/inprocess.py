@@ -39,3 +39,17 @@ class InProcessSites:
                               round_=round_)
             out.append(SiteReply(site=name, result=res, bytes_sent=nbytes(res.arrays)))
         return out
+
+    def evaluate(self, arrays: dict, config_json: str) -> list[tuple[str, dict]]:
+        """Each site scores the global ``arrays`` on its own held-out records: ``[(site, metrics)]``."""
+        import json
+
+        from medjax.config.overrides import from_dict
+        from medjax.config.schema import Config
+        from medjax.federated.local import site_config
+        from medjax.federated.local_finetune import evaluate_global
+
+        cfg = from_dict(Config, json.loads(config_json))
+        return [(name, evaluate_global(site_config(cfg, data_dir), state_dir=self.state_root / name,
+                                       global_arrays=arrays))
+                for name, data_dir in sorted(self.sites.items())]

@@ -60,13 +60,28 @@ def total_steps(cfg: Config) -> int:
     return cfg.federated.rounds * cfg.federated.local_steps
 
 
+def check_task(cfg: Config) -> None:
+    """ConfigError unless ``federated.task`` fits ``task``: "pretrain" trains the MAE (task=mae), "finetune" one
+    of the fine-tuning tasks with its ``finetune.method``."""
+    from medjax.finetune.tasks import TASKS
+
+    task = cfg.federated.task
+    if task == "pretrain" and cfg.task != "mae":
+        raise ConfigError(f"federated.task=pretrain trains the MAE, but task={cfg.task!r}; set task=mae or "
+                          "federated.task=finetune")
+    if task == "finetune" and cfg.task not in TASKS:
+        raise ConfigError(f"federated.task=finetune needs a fine-tuning task ({', '.join(TASKS)}), but "
+                          f"task={cfg.task!r}; use a fine-tuning preset such as demo_seg or demo_cls")
+    if task not in ("pretrain", "finetune"):
+        raise ConfigError(f"federated.task={task!r}: use pretrain or finetune")
+    if task == "finetune" and cfg.federated.strategy == "fedprox":
+        raise ConfigError("federated.strategy=fedprox adds its proximal term to the MAE step only; fine-tune with "
+                          "fedavg, fedadam or fedyogi (and federated.local_keys for personalised heads)")
+
+
 def site_config(cfg: Config, data_dir: str, cache_dir: str = "") -> Config:
     """The site's view of the run config: its own data folder, and a schedule over all rounds' local steps."""
-    if cfg.federated.task != "pretrain":
-        raise ConfigError(f"federated.task={cfg.federated.task!r}: federated runs train MAE pretraining "
-                          "(federated.task=pretrain) so far; fine-tune the federated checkpoint with `medjax finetune`")
-    if cfg.task != "mae":
-        raise ConfigError(f"task={cfg.task!r}: federated pretraining trains the MAE; set task=mae")
+    check_task(cfg)
     if cfg.federated.local_steps < 1 or cfg.federated.rounds < 1:
         raise ConfigError("federated.rounds and federated.local_steps must be at least 1")
     if cfg.federated.strategy == "fedprox" and cfg.train.grad_accum != 1:
@@ -145,6 +160,12 @@ def train_round(cfg: Config, *, data_dir: str, state_dir, global_arrays: dict[st
     t0 = time.time()
     scfg = site_config(cfg, data_dir, cache_dir)
     fed = scfg.federated
+    if fed.task == "finetune":
+        from medjax.federated.local_finetune import finetune_round
+
+        res = finetune_round(scfg, state_dir=state_dir, global_arrays=global_arrays, round_=round_,
+                             progress=progress)
+        return _privatise(res, global_arrays, fed)
     state_dir = prepare_workdir(scfg, state_dir, restart=False)
     schedule = make_schedule(scfg.train)
     tx = make_optimizer(scfg.train, schedule=schedule)
@@ -207,15 +228,23 @@ def train_round(cfg: Config, *, data_dir: str, state_dir, global_arrays: dict[st
     shared_new = {k: v for k, v in new_named.items() if not is_local(k, local_pats)}
     update = {k: shared_new[k] - np.asarray(global_arrays[k], shared_new[k].dtype) for k in shared_new}
     norm = float(np.sqrt(sum(float(np.sum(np.square(u, dtype=np.float64))) for u in update.values())))
-    clipped = False
-    if fed.dp_clip > 0:
-        from medjax.federated.privacy import add_gaussian_noise, clip_update
+    res = SiteResult(arrays=shared_new, num_examples=len(records), loss=float(np.mean(host_losses)),
+                     steps=fed.local_steps, seconds=time.time() - t0, update_norm=norm)
+    return _privatise(res, global_arrays, fed)
 
-        # the noise comes from fresh OS entropy: a seed the coordinator could know would let it remove the noise
-        update, _ = clip_update(update, fed.dp_clip)
-        update = add_gaussian_noise(update, fed.dp_clip, fed.dp_noise, np.random.default_rng())
-        shared_new = {k: (np.asarray(global_arrays[k], np.float32) + update[k]).astype(shared_new[k].dtype)
-                      for k in shared_new}
-        clipped = True
-    return SiteResult(arrays=shared_new, num_examples=len(records), loss=float(np.mean(host_losses)),
-                      steps=fed.local_steps, seconds=time.time() - t0, update_norm=norm, clipped=clipped)
+
+def _privatise(res: SiteResult, global_arrays: dict[str, np.ndarray], fed) -> SiteResult:
+    """Differential privacy (``federated.dp_clip > 0``): the update (sent minus global parameters) clipped to
+    ``dp_clip`` in L2 and Gaussian noise of std ``dp_noise * dp_clip`` added, before anything leaves the site."""
+    if fed.dp_clip <= 0:
+        return res
+    from medjax.federated.privacy import add_gaussian_noise, clip_update
+
+    sent = res.arrays
+    update = {k: sent[k] - np.asarray(global_arrays[k], sent[k].dtype) for k in sent}
+    # the noise comes from fresh OS entropy: a seed the coordinator could know would let it remove the noise
+    update, _ = clip_update(update, fed.dp_clip)
+    update = add_gaussian_noise(update, fed.dp_clip, fed.dp_noise, np.random.default_rng())
+    res.arrays = {k: (np.asarray(global_arrays[k], np.float32) + update[k]).astype(sent[k].dtype) for k in sent}
+    res.clipped = True
+    return res

@@ -49,9 +49,9 @@ class SiteReply:
 Exchange = Callable[[int, dict, str], Sequence[SiteReply]]
 
 
-def initial_params(cfg: Config) -> dict:
-    """The step-0 parameters of the run (nested dict of numpy arrays), built exactly as a site or
-    ``medjax pretrain`` builds them (same seed, same jitted init)."""
+def initial_params(cfg: Config) -> tuple[dict, dict]:
+    """``(params, model_state)`` of the run at step 0 (nested dicts of numpy arrays), built exactly as a site,
+    ``medjax pretrain`` or ``medjax finetune`` builds them (same seed, same jitted init, same base encoder)."""
     import jax
 
     from medjax.federated.local import config_key, site_config
@@ -61,8 +61,14 @@ def initial_params(cfg: Config) -> dict:
     scfg = site_config(cfg, cfg.data.dir)
     key = config_key(scfg)
     if key not in _INITIAL:
-        tx = make_optimizer(scfg.train, schedule=make_schedule(scfg.train))
-        _INITIAL[key] = jax.device_get(train_state_spec(scfg, tx=tx).init().params)
+        if scfg.federated.task == "finetune":  # the task model with the base encoder loaded, as every site has it
+            from medjax.federated.local_finetune import task_params
+
+            _, params, model_state = task_params(scfg)
+            _INITIAL[key] = jax.device_get((params, model_state))
+        else:
+            tx = make_optimizer(scfg.train, schedule=make_schedule(scfg.train))
+            _INITIAL[key] = (jax.device_get(train_state_spec(scfg, tx=tx).init().params), {})
     return jax.tree.map(np.copy, _INITIAL[key])
 
 
@@ -78,7 +84,7 @@ class FederatedServer:
     def __init__(self, cfg: Config, workdir, *, restart: bool = False, log: Callable[[str], None] = print):
         from medjax.config.overrides import to_json
         from medjax.federated.aggregate import ServerOptimizer, check_strategy
-        from medjax.federated.arrays import compile_keys, flatten, is_local
+        from medjax.federated.arrays import flatten, travelling_names
         from medjax.training.checkpoint import Checkpointer
         from medjax.training.setup import prepare_workdir
 
@@ -90,13 +96,19 @@ class FederatedServer:
             raise ConfigError(f"federated.fraction={fed.fraction}: must be in (0, 1]")
         self.cfg, self.log = cfg, log
         self.config_json = to_json(cfg)
-        self.workdir = prepare_workdir(cfg, workdir, restart=restart, extra_files=("privacy.json",))
-        self.tree = initial_params(cfg)
+        self.workdir = prepare_workdir(cfg, workdir, restart=restart, extra_files=("privacy.json", "eval.json"))
+        self.tree, self.model_state = initial_params(cfg)
         self.named = flatten(self.tree)
-        pats = compile_keys(fed.local_keys)
-        self.shared_names = [k for k in self.named if not is_local(k, pats)]
+        self.shared_names = travelling_names(cfg, self.tree)
         if not self.shared_names:
             raise ConfigError(f"federated.local_keys={fed.local_keys} keep every parameter local: nothing to federate")
+        self.peft = None  # federated PEFT fine-tuning: checkpoints hold the trainable parameters over the base
+        if fed.task == "finetune":
+            from medjax.peft.checkpoint import base_reference, is_peft_run
+
+            if is_peft_run(cfg):
+                self.peft = base_reference(cfg, self.tree)
+        self.eval = None
         self.opt = ServerOptimizer(fed, self.shared())
         self.ckpt = Checkpointer(self.workdir, keep=cfg.checkpoint.keep)
         self.round = 0
@@ -126,10 +138,14 @@ class FederatedServer:
 
         state, _, meta = self.ckpt.restore_unsharded(latest)
         saved = flatten(state["params"])
-        if set(saved) != set(self.named):
+        if set(saved) != set(flatten(self._saved_params())):
             raise ConfigError(f"the checkpoint of round {latest} in {self.ckpt.directory} holds other parameters than "
                               "this config's model; resume with the config it was written with or use --restart")
-        self.named = {k: saved[k].astype(self.named[k].dtype) for k in self.named}
+        if self.peft is not None:
+            from medjax.peft.checkpoint import check_base
+
+            check_base((meta or {}).get("peft"), self.peft, self.ckpt.directory / str(latest))
+        self.named.update({k: saved[k].astype(self.named[k].dtype) for k in saved})
         self.opt.load_state(flatten(state.get("server_opt", {})))
         self.round = int(latest)
         if self.accountant is not None:
@@ -137,12 +153,28 @@ class FederatedServer:
         truncate_metrics(self.workdir / "metrics.jsonl", self.round, key="round")
         self.log(f"resumed from {self.ckpt.directory / str(latest)} (round {latest})")
 
+    def _saved_params(self) -> dict:
+        """What a checkpoint holds: the whole model, or (PEFT fine-tuning) the trainable parameters only."""
+        if self.peft is None:
+            return self.params()
+        from medjax.peft.checkpoint import trainable_only
+
+        return trainable_only(self.cfg, self.params())
+
     def _save(self) -> None:
-        state = {"params": self.params()}
+        import jax
+
+        # the same layout as a `medjax pretrain` / `medjax finetune` run: --init-from, `medjax predict` and
+        # `medjax checkpoint info` read it as they read those
+        state = {"params": self._saved_params()}
+        if jax.tree.leaves(self.model_state):
+            state["model_state"] = self.model_state
         if self.opt.state:
             state["server_opt"] = self.opt.state
-        meta = {"round": self.round, "config": json.loads(self.config_json), "task": "mae",
-                "federated": True}
+        meta = {"round": self.round, "step": self.round, "config": json.loads(self.config_json),
+                "task": self.cfg.task, "federated": True}
+        if self.peft is not None:
+            meta["peft"] = self.peft
         self.ckpt.save(self.round, state, meta=meta, force=True)
         self.ckpt.wait()
 
@@ -188,15 +220,39 @@ class FederatedServer:
                 eps = f", epsilon {epsilon:.3g}" if epsilon is not None else ""
                 self.log(f"round {rnd}/{fed.rounds}: loss {loss:.4f} from {len(replies)} site(s) "
                          f"({', '.join(r.site for r in replies)}){eps}, {seconds:.1f} s")
+        evaluation = None
+        if fed.task == "finetune" and hasattr(exchange, "evaluate"):
+            evaluation = self._evaluate(exchange)
         from medjax.training.digest import params_digest
 
         summary = {"workdir": str(self.workdir), "rounds": self.round, "strategy": fed.strategy,
                    "checkpoint": str(self.ckpt.directory / str(self.round)), "metrics": str(self.workdir / "metrics.jsonl"),
                    "seconds": time.time() - t_start, "params_digest": params_digest(self.params()),
                    "epsilon": float(self.accountant.epsilon()) if self.accountant is not None else None,
-                   "delta": fed.dp_delta if self.accountant is not None else None}
+                   "delta": fed.dp_delta if self.accountant is not None else None,
+                   "eval": evaluation}
         (self.workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         return summary
+
+    def _evaluate(self, exchange) -> dict:
+        """Every site scores the final global model on its own held-out records (``eval.json``): per site and
+        the mean over sites weighted by their held-out counts. Done once; a resumed server keeps the file."""
+        path = self.workdir / "eval.json"
+        if path.is_file():
+            saved = json.loads(path.read_text())
+            if saved.get("round") == self.round:
+                return saved
+        replies = sorted(exchange.evaluate(self.shared(), self.config_json), key=lambda r: r[0])
+        sites = {site: metrics for site, metrics in replies}
+        scored = [m for m in sites.values() if m.get("num_val", 0) > 0]
+        keys = sorted(set.intersection(*(set(m) for m in scored)) - {"num_val"}) if scored else []
+        total = int(sum(m["num_val"] for m in scored))
+        mean = {k: float(np.average([m[k] for m in scored], weights=[m["num_val"] for m in scored])) for k in keys}
+        out = {"round": self.round, "task": self.cfg.task, "num_val": total, "mean": mean, "sites": sites}
+        path.write_text(json.dumps(out, indent=2) + "\n")
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in mean.items())
+        self.log(f"global model on {total} held-out record(s) at {len(scored)} site(s): {shown or 'no metrics'}")
+        return out
 
     def _write_privacy(self, epsilon: float) -> None:
         fed = self.cfg.federated

@@ -47,16 +47,10 @@ class GridExchange:
         count = min(len(nodes), max(self.fed.min_sites, math.ceil(self.fed.fraction * len(nodes))))
         return sorted(random.Random(self.seed * 100_003 + round_).sample(nodes, count))
 
-    def __call__(self, round_: int, arrays: dict, config_json: str):
-        from medjax.federated.arrays import nbytes
-        from medjax.federated.local import SiteResult
-        from medjax.federated.server import SiteReply
-
-        nodes = self._nodes(round_)
-        record = ArrayRecord({k: Array(v) for k, v in arrays.items()})
-        config = ConfigRecord({"round": int(round_), "config-json": config_json})
-        msgs = [Message(RecordDict({"arrays": record, "config": config}), dst_node_id=n, message_type="train")
-                for n in nodes]
+    def _exchange(self, nodes: list[int], content: RecordDict, kind: str, what: str) -> list[Message]:
+        """Push ``content`` to ``nodes`` as ``kind`` messages; pull replies until every node answered, or until
+        ``round_timeout`` passed with at least ``min_sites`` answers. Error replies are logged and dropped."""
+        msgs = [Message(content, dst_node_id=n, message_type=kind) for n in nodes]
         ids = list(self.grid.push_messages(msgs))
         node_of = dict(zip(ids, nodes))
         pending = set(ids)
@@ -68,7 +62,7 @@ class GridExchange:
             ok = [m for m in replies if not m.has_error()]
             if pending and time.time() - t0 > self.fed.round_timeout:
                 if len(ok) >= self.fed.min_sites:
-                    self.log(f"round {round_}: {len(pending)} site(s) did not answer within "
+                    self.log(f"{what}: {len(pending)} site(s) did not answer within "
                              f"{self.fed.round_timeout:.0f} s; going on with {len(ok)}")
                     break
             if pending:
@@ -77,8 +71,35 @@ class GridExchange:
         for m in replies:
             if m.has_error():
                 node = node_of.get(m.metadata.reply_to_message_id, m.metadata.src_node_id)
-                self.log(f"round {round_}: node {node} failed: {m.error.reason}")
+                self.log(f"{what}: node {node} failed: {m.error.reason}")
                 continue
+            out.append(m)
+        return out
+
+    def evaluate(self, arrays: dict, config_json: str) -> list[tuple[str, dict]]:
+        """Every connected site scores the global ``arrays`` on its held-out records: ``[(site, metrics)]``."""
+        nodes = sorted(self.grid.get_node_ids())
+        content = RecordDict({"arrays": ArrayRecord({k: Array(v) for k, v in arrays.items()}),
+                              "config": ConfigRecord({"config-json": config_json})})
+        out = []
+        for m in self._exchange(nodes, content, "evaluate", "evaluation"):
+            met = m.content["metrics"]
+            out.append((str(m.content["site"]["name"]),
+                        {k.replace("-", "_"): (int(v) if k == "num-val" else float(v)) for k, v in met.items()}))
+        return out
+
+    def __call__(self, round_: int, arrays: dict, config_json: str):
+        from medjax.federated.arrays import nbytes
+        from medjax.federated.local import SiteResult
+        from medjax.federated.server import SiteReply
+
+        nodes = self._nodes(round_)
+        record = ArrayRecord({k: Array(v) for k, v in arrays.items()})
+        config = ConfigRecord({"round": int(round_), "config-json": config_json})
+        replies = self._exchange(nodes, RecordDict({"arrays": record, "config": config}), "train",
+                                 f"round {round_}")
+        out = []
+        for m in replies:
             met = m.content["metrics"]
             got = {k: v.numpy() for k, v in m.content["arrays"].items()}
             res = SiteResult(arrays=got, num_examples=int(met["num-examples"]), loss=float(met["loss"]),

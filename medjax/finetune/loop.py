@@ -107,7 +107,8 @@ def require_single_process() -> None:
 
 
 def finetune(cfg, workdir, *, init_from: str | None = None, restart: bool = False, progress: bool = True,
-             evaluate: bool = True, measure_memory: bool = False) -> dict:
+             evaluate: bool = True, measure_memory: bool = False, stop_at: int | None = None,
+             on_start=None, on_end=None) -> dict:
     """Fine-tune ``cfg.task`` in ``workdir`` (resuming from its latest checkpoint unless ``restart``).
 
     Args:
@@ -120,6 +121,11 @@ def finetune(cfg, workdir, *, init_from: str | None = None, restart: bool = Fals
       measure_memory: after the first step, XLA's memory analysis of the compiled train step
         (:func:`medjax.parallel.sharding.compiled_memory`, bytes per device) goes into the summary as
         ``step_memory`` (None when the step function cannot be lowered).
+      stop_at: stop (and checkpoint) at this step instead of ``train.steps``, which still sets the LR schedule's
+        length; a later call resumes from there (a federated site trains its rounds this way).
+      on_start: ``on_start(state) -> state`` on the restored or fresh train state before the first step (a
+        federated site puts the global parameters in).
+      on_end: ``on_end(state)`` with the final train state, after its checkpoint is written.
 
     Returns the summary dict (also ``WORKDIR/summary.json``): ``workdir``, ``checkpoint``, ``step``,
     ``first_loss``, ``final_loss``, ``init`` (report or None), ``eval`` (metrics or None), ``seconds``,
@@ -237,10 +243,18 @@ def finetune(cfg, workdir, *, init_from: str | None = None, restart: bool = Fals
                                         (st, batch))
                     step_memory = compiled_memory(step_fn.lower(*args).compile())
 
-        result = run_steps(cfg, run.state, step_fn, start=run.start, next_batch=next_batch, save=save, ckpt=ckpt,
+        loop_cfg = cfg
+        if stop_at is not None:
+            if not 0 < stop_at <= cfg.train.steps:
+                raise ConfigError(f"stop_at={stop_at}: must be in 1..train.steps={cfg.train.steps}")
+            loop_cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=int(stop_at)))
+        state0 = on_start(run.state) if on_start is not None else run.state
+        result = run_steps(loop_cfg, state0, step_fn, start=run.start, next_batch=next_batch, save=save, ckpt=ckpt,
                            logger=logger, mesh=mesh, rules=spec.rules, before_final_save=probe_statistics,
                            on_step=measure if measure_memory else None)
         ckpt.wait()
+        if on_end is not None:
+            on_end(result.state)
         if result.stopped is not None:
             logger.write(f"received {result.stopped.name}: saved checkpoint {ckpt.directory / str(result.step)}; "
                          "run the same command to resume")

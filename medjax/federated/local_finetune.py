@@ -1,0 +1,167 @@
+"""A site's share of a federated fine-tuning round (``federated.task=finetune``), and its evaluation of the
+global model on its own held-out records.
+
+The site's run directory (``state_dir``) is an ordinary ``medjax finetune`` workdir: records, training cache,
+checkpoints numbered by step, metrics.jsonl. Round ``r`` resumes that run at step ``(r - 1) * local_steps``
+with the travelling parameters replaced by the global ones and trains to ``r * local_steps``
+(:func:`medjax.finetune.loop.finetune` with ``stop_at``); the LR schedule spans all rounds. With one site and
+FedAvg this is step for step the centralised ``medjax finetune`` of ``rounds * local_steps`` steps.
+
+What travels (:func:`medjax.federated.arrays.travelling_names`): every parameter for ``finetune.method=full``;
+for ``linear`` and the PEFT methods only the parameters the method trains (task head, LoRA factors, adapters,
+biases, prompts), never the frozen base, which each site loads from ``finetune.init_from`` and whose digest is
+checked on every resume. Parameters matched by ``federated.local_keys`` stay at the site.
+The site's held-out records (``finetune.val_records`` of its own data) are scored with the global model;
+only aggregate numbers leave the site (no case ids, file names or per-case values).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from medjax.config.schema import Config
+
+
+def _roll_back(state_dir: Path, step: int) -> None:
+    """Forget the site's checkpoints (and metrics lines) after ``step``: the server is re-sending a round it
+    restarted before saving, so the site trains it again from the same state as the first time."""
+    import shutil
+
+    from medjax.training.checkpoint import checkpoint_dir
+    from medjax.training.logging import truncate_metrics
+
+    folder = checkpoint_dir(state_dir)
+    if not folder.is_dir():
+        return
+    later = [p for p in folder.iterdir() if p.name.isdigit() and int(p.name) > step]
+    for p in later:
+        shutil.rmtree(p)
+    if later:
+        truncate_metrics(Path(state_dir) / "metrics.jsonl", step)
+
+
+def _round_losses(state_dir: Path, first: int, last: int) -> list[float]:
+    """Losses the site logged for steps ``first..last`` (``train.log_every`` decides which were logged)."""
+    path = Path(state_dir) / "metrics.jsonl"
+    out = []
+    for line in path.read_text().splitlines() if path.is_file() else ():
+        rec = json.loads(line)
+        if first <= int(rec.get("step", -1)) <= last and "loss" in rec:
+            out.append(float(rec["loss"]))
+    return out
+
+
+def _put(named: dict, like):
+    """``named`` (flat host arrays) as a tree shaped and sharded like ``like`` (device arrays)."""
+    import jax
+
+    from medjax.federated.arrays import unflatten
+
+    return jax.device_put(unflatten(named, like), jax.tree.map(lambda a: a.sharding, like))
+
+
+def finetune_round(scfg: Config, *, state_dir, global_arrays: dict[str, np.ndarray], round_: int,
+                   progress: bool = False):
+    """Train this site's ``federated.local_steps`` fine-tuning steps of round ``round_`` from ``global_arrays``.
+
+    ``scfg``: the site's config (:func:`medjax.federated.local.site_config`: its own ``data.dir``, ``train.steps``
+    over all rounds). Returns a :class:`medjax.federated.local.SiteResult` (before any DP clipping).
+    """
+    from medjax.errors import ConfigError
+    from medjax.federated.arrays import flatten, travelling_names
+    from medjax.federated.local import SiteResult
+    from medjax.finetune.loop import finetune, split_records
+
+    t0 = time.time()
+    fed = scfg.federated
+    state_dir = Path(state_dir).expanduser().absolute()
+    first = (round_ - 1) * fed.local_steps
+    _roll_back(state_dir, first)
+    box: dict = {}
+
+    def on_start(state):
+        mine = flatten(state.params)
+        names = travelling_names(scfg, state.params)
+        missing = [k for k in names if k not in global_arrays]
+        if missing:
+            raise ConfigError(f"the server sent no values for parameters {missing[:3]}; the server and the site "
+                              "must run the same model config, finetune.method and federated.local_keys")
+        start = {k: (np.asarray(global_arrays[k]) if k in names else v) for k, v in mine.items()}
+        box["names"] = names
+        return state.replace(params=_put(start, state.params))
+
+    def on_end(state):
+        box["end"] = flatten(state.params)
+
+    summary = finetune(scfg, state_dir, progress=progress, evaluate=False, stop_at=round_ * fed.local_steps,
+                       on_start=on_start, on_end=on_end)
+    if summary["signal"] is not None:
+        raise RuntimeError(f"the site's fine-tuning stopped on {summary['signal']} in round {round_}")
+    names = box["names"]
+    arrays = {k: box["end"][k] for k in names}
+    update = {k: arrays[k] - np.asarray(global_arrays[k], arrays[k].dtype) for k in names}
+    norm = float(np.sqrt(sum(float(np.sum(np.square(u, dtype=np.float64))) for u in update.values())))
+    losses = _round_losses(state_dir, first + 1, round_ * fed.local_steps) or [float(summary["final_loss"])]
+    train_records, _ = split_records(scfg)
+    return SiteResult(arrays=arrays, num_examples=len(train_records), loss=float(np.mean(losses)),
+                      steps=fed.local_steps, seconds=time.time() - t0, update_norm=norm)
+
+
+def task_params(cfg: Config):
+    """``(spec, params, model_state)``: the fine-tuning model of ``cfg`` at step 0 as every site builds it (the
+    config's seed, then the base encoder of ``finetune.init_from`` loaded), on the default devices."""
+    import jax
+
+    from medjax.finetune.loop import make_finetune_optimizer
+    from medjax.finetune.tasks import build_task_model
+    from medjax.peft.checkpoint import load_base
+    from medjax.training.optim import make_schedule
+    from medjax.training.state import split_model, train_state_spec
+
+    factory = lambda: build_task_model(cfg)  # noqa: E731
+    abstract = jax.eval_shape(lambda: split_model(factory())[1])
+    tx = make_finetune_optimizer(cfg, abstract, make_schedule(cfg.train))
+    spec = train_state_spec(cfg, tx=tx, model_factory=factory)
+    state = spec.init()
+    params, _ = load_base(cfg, state.params)
+    return spec, params, state.model_state
+
+
+def evaluate_global(scfg: Config, *, state_dir, global_arrays: dict[str, np.ndarray]) -> dict:
+    """Score the global model on this site's held-out records; returns aggregate numbers only.
+
+    The model is the step-0 model (base loaded), the site's own ``federated.local_keys`` parameters from its
+    latest checkpoint, and the global travelling parameters. Returns ``{"num_val": n, <metric>: value, ...}``
+    with the scalar metrics of :func:`medjax.finetune.evaluate.evaluate_records` (e.g. ``mean_dice``, ``auroc``,
+    ``ap_iou0.1``), and ``{"num_val": 0}`` when the site holds no records out.
+    """
+    import jax
+
+    from medjax.federated.arrays import compile_keys, flatten, is_local, travelling_names
+    from medjax.finetune.evaluate import evaluate_records
+    from medjax.finetune.loop import split_records
+    from medjax.training.checkpoint import Checkpointer
+
+    _, val = split_records(scfg)
+    if not val:
+        return {"num_val": 0}
+    spec, params, model_state = task_params(scfg)
+    named = flatten(params)
+    pats = compile_keys(scfg.federated.local_keys)
+    if pats and Path(state_dir).is_dir():
+        with Checkpointer(Path(state_dir), read_only=True) as ckpt:
+            if ckpt.latest_step() is not None:
+                saved, _, _ = ckpt.restore_unsharded()
+                own = flatten(saved["params"])
+                named.update({k: own[k] for k in own if k in named and is_local(k, pats)})
+    named.update({k: np.asarray(global_arrays[k]) for k in travelling_names(scfg, params)})
+    params = _put(named, params)
+    metrics = evaluate_records(scfg, spec.model_def, jax.device_get(params), jax.device_get(model_state), val)
+    out = {"num_val": len(val)}
+    out.update({k: float(v) for k, v in metrics.items()
+                if isinstance(v, (int, float)) and not isinstance(v, bool) and v is not None and np.isfinite(v)})
+    return out
