@@ -68,10 +68,11 @@ class AdapterBank:
             from medjax.finetune.tasks import build_task_model
             from medjax.peft.checkpoint import load_base
             from medjax.peft.methods import select
-            from medjax.training.state import split_model
+            from medjax.training.state import abstract_model
 
             base_cfg = dataclasses.replace(cfg, finetune=dataclasses.replace(cfg.finetune, init_from=self.base))
-            full, report = load_base(base_cfg, split_model(build_task_model(base_cfg))[1])
+            # the layout only (nothing initialised: every kept array is read from the base checkpoint)
+            full, report = load_base(base_cfg, abstract_model(lambda: build_task_model(base_cfg))[1])
             self.encoder = select(full, _base_mask(full), True)["encoder"]
             self.base_loads += 1
             self._base_where = f"{report['source']} step {report['step']}" if report else self.base
