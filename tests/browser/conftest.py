@@ -125,15 +125,16 @@ _RUN_STATE_JS = """
   if (!w || !w.content || !w.content.widgets) return {ready: false};
   const cells = w.content.widgets.filter(c => c.model.type === 'code');
   const errors = [];
-  let pending = 0;
+  let pending = 0, executed = 0;
   for (const c of cells) {
     if (c.model.executionCount === null || c.promptNode?.textContent?.includes('*')) pending += 1;
+    if (c.model.executionCount !== null) executed += 1;
     for (const o of c.model.outputs.toJSON()) {
       if (o.output_type === 'error') errors.push(o.ename + ': ' + o.evalue + '\\n' + (o.traceback || []).join('\\n'));
     }
   }
   const kernel = w.sessionContext?.session?.kernel;
-  return {ready: true, cells: cells.length, pending, errors, status: kernel ? kernel.status : 'none'};
+  return {ready: true, cells: cells.length, executed, pending, errors, status: kernel ? kernel.status : 'none'};
 }
 """
 
@@ -185,7 +186,10 @@ class LabPage:
         self.notebook = None
 
     def run_all(self, timeout_s: float = 600) -> dict:
-        """Run every cell (JupyterLab's ``notebook:run-all-cells``); wait until all ran or one failed."""
+        """Run every cell (JupyterLab's ``notebook:run-all-cells``); wait until all ran or one failed.
+
+        Returns the run state: ``cells`` (code cells), ``executed`` (those with an execution count), ``pending``,
+        ``errors`` (error outputs, with tracebacks) and the kernel's ``status``."""
         self.page.evaluate("() => { window.jupyterapp.commands.execute('notebook:run-all-cells'); }")
         deadline = time.monotonic() + timeout_s
         state = {}
@@ -195,7 +199,7 @@ class LabPage:
                 return state
             if state.get("ready") and state["pending"] == 0 and state["status"] == "idle":
                 return state
-            self.page.wait_for_timeout(500)
+            self.page.wait_for_timeout(200)
         raise AssertionError(f"cells still running after {timeout_s:.0f} s: {state}")
 
     def widget_images(self):

@@ -5,6 +5,10 @@ JupyterLab's own "Run All" command, widget images are the bytes the browser disp
 the keyboard must change those bytes after a round trip through the kernel.
 The notebooks run on a copy in a temporary folder (JupyterLab autosaves), with data, runs and step counts set
 small through the environment variables the notebooks read.
+
+``test_notebooks_in_real_browser`` also makes the checks of the headless nbclient test
+(tests/integration/test_notebooks.py: every code cell ran, no error output, the demo set was written), which
+is skipped when this test runs in the same session: one run of the notebooks, not two.
 """
 
 from __future__ import annotations
@@ -113,9 +117,12 @@ _CELL_OUTPUT = ".jp-Cell-outputArea > .jp-OutputArea-child > .jp-OutputArea-outp
 
 def _check_notebook(lab, name: str, check: dict) -> dict:
     """Open ``name``, run all cells in the browser, check widgets render and a slider round-trips; screenshot."""
+    code_cells = sum(c.cell_type == "code" for c in nbformat.read(NOTEBOOKS / name, as_version=4).cells)
     lab.open_notebook(name)
     state = lab.run_all(timeout_s=600)
     assert not state["errors"], f"{name}:\n" + "\n".join(state["errors"])
+    # what the headless nbclient test checks (it is skipped when this test runs): every code cell ran
+    assert state["cells"] == code_cells and state["executed"] == code_cells, f"{name}: not every cell ran: {state}"
     lab.wait_for_widget_images(check["images"], timeout_s=120)
     page, notebook = lab.page, lab.notebook
     output = notebook.locator(_CELL_OUTPUT).filter(has=page.locator(".widget-image")).first
@@ -168,7 +175,12 @@ def test_notebooks_in_real_browser(tmp_path, start_lab_for, lab_page):
         shutil.copy(NOTEBOOKS / name, folder / name)
     server = start_lab_for(folder, env=notebook_env(tmp_path))
     lab = lab_page(server)
-    results = {name: _check_notebook(lab, name, CHECKS[name]) for name in ORDER}
+    results, took = {}, {}
+    for name in ORDER:
+        start = time.perf_counter()
+        results[name] = _check_notebook(lab, name, CHECKS[name])
+        took[name] = round(time.perf_counter() - start, 1)
+    print("notebook seconds (open, run all, widget checks, screenshots, close):", took)
     assert (tmp_path / "data" / "demo" / "dataset.json").is_file()
     if os.environ.get("MEDJAX_UPDATE_SCREENSHOTS") == "1":  # refresh the README's pictures on purpose only
         DOCS_SCREENSHOTS.mkdir(parents=True, exist_ok=True)

@@ -3,8 +3,12 @@
 They run on copies in a temporary folder with ``MEDJAX_NOTEBOOK_DATA`` / ``MEDJAX_NOTEBOOK_RUNS`` pointing there
 and small settings (``MEDJAX_NOTEBOOK_SUBJECTS``, ``..._RESOLUTION_MM``, ``..._STEPS``, ``..._VARIANT``), so
 nothing is written into the repository. Each notebook asserts what it shows; any error output fails the test
-with the cell's source and traceback. All three run in one test because 02 trains the checkpoint that 03 loads
-(and so that pytest-xdist cannot split them across workers).
+with the cell's source and traceback. All five run in one test because 02 trains the checkpoint that 03 and 04
+load (and so that pytest-xdist cannot split them across workers).
+
+When the session also runs the browser test of the same notebooks (tests/browser, marker ``browser``), the
+headless run is skipped, with that reason: the browser run executes every cell through JupyterLab and makes the
+same checks, so running the notebooks twice would only repeat their JAX compilation.
 """
 
 from __future__ import annotations
@@ -64,8 +68,23 @@ def test_notebooks_are_committed_without_outputs():
         assert sum(c.cell_type == "code" and "assert" in c.source for c in nb.cells) >= 2, f"{name}: few checks"
 
 
+BROWSER_TEST = "tests/browser/test_jupyterlab.py::test_notebooks_in_real_browser"
+
+
+def browser_runs_notebooks(session) -> bool:
+    """True when this session also runs :data:`BROWSER_TEST` (selected: not deselected by ``-m``/``-k``).
+
+    That test runs the same notebooks, in the same order and settings, through JupyterLab in Chromium and checks
+    everything this one does (every code cell ran, no error output, the demo set was written); it fails, never
+    skips, when Chromium is missing. Running them twice costs minutes of JAX compilation on a 2-core runner."""
+    return any(item.nodeid.endswith(BROWSER_TEST) for item in session.items)
+
+
 @pytest.mark.slow
-def test_notebooks_run_headless_in_order(tmp_path, monkeypatch):
+def test_notebooks_run_headless_in_order(tmp_path, monkeypatch, request):
+    if browser_runs_notebooks(request.session):
+        pytest.skip(f"the notebooks run in {BROWSER_TEST} in this session (same order, settings and checks); "
+                    "this nbclient run is for sessions without it, e.g. -m 'not browser'")
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError
 
