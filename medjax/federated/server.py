@@ -8,6 +8,8 @@ WORKDIR layout::
     checkpoints/<round>/      {"params": global model (full tree), "server_opt": FedAdam/FedYogi state} + meta
     metrics.jsonl             one record per site and one "global" record per round (format below)
     privacy.json              (dp_clip > 0) epsilon per round and in total at dp_delta
+    eval.json                 (federated.task=finetune) each site's score of the final global model on its own
+                              held-out records, and their mean weighted by the held-out counts
     summary.json              written when the last round is done
     tb/                       TensorBoard scalars (global and per-site loss, epsilon)
 
@@ -18,7 +20,9 @@ in the round: a site its parameters, the server the global parameters to every s
 
 The checkpoint step is the round number; the params are saved as the whole model (parameters kept local by
 ``federated.local_keys`` stay at their initial values there), so ``medjax finetune --set
-finetune.init_from=WORKDIR`` reads the federated encoder like any pretraining run's. A restarted server resumes
+finetune.init_from=WORKDIR`` reads the federated encoder like any pretraining run's, and ``medjax predict``
+reads a federated fine-tuning run like a ``medjax finetune`` run's (PEFT methods: the trainable parameters and
+the base reference, as a PEFT run saves them). A restarted server resumes
 at the round after its latest checkpoint.
 """
 
