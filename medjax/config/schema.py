@@ -53,6 +53,7 @@ class ModelConfig:
     dropout: float = 0.0  # dropout rate in the encoder blocks
     drop_path: float = 0.0  # stochastic depth rate (linearly increasing over blocks)
     remat: str = "none"  # recompute block activations in the backward pass: "none", "full", "dots", "dots_no_batch"
+    scan_blocks: bool = False  # one lax.scan over the (stacked) blocks: one compiled block body, far shorter compiles
     # numerics of imported networks (medjax.interop); the defaults are medjax's own
     norm_eps: float = 1e-6  # LayerNorm epsilon (Hugging Face ViT: 1e-12, MONAI: 1e-5, timm: 1e-6)
     sincos_axes: tuple[int, ...] = ()  # sin-cos channel blocks by grid axis; () = (0, 1[, 2]); HF MAE: (1, 0)

@@ -79,3 +79,32 @@ class Block(nnx.Module):
         h = self.drop(h, deterministic=deterministic)
         x = constrain(x + self.drop_path(h, deterministic=deterministic), ("batch", "length", "embed"))
         return (x, weights) if return_attention else x
+
+
+def run_blocks(blocks, x: jax.Array, *, deterministic: bool = True, scan: bool = False) -> jax.Array:
+    """Apply ``blocks`` (a sequence of :class:`Block`-like modules) to tokens x (B, L, D) in order.
+
+    ``scan``: one ``jax.lax.scan`` over the blocks' parameters stacked along a new leading axis, so XLA compiles
+    one block body instead of ``len(blocks)`` copies (much shorter compiles for deep stacks; the same values).
+    The parameters keep their per-block layout (checkpoints, weight import/export and PEFT see no difference);
+    the stacking happens inside the step. Falls back to the plain loop where a scan cannot express the blocks:
+    blocks that differ in structure or static settings (e.g. increasing drop-path rates), or that draw dropout
+    random numbers (``deterministic=False`` with RNG state), which a scan would have to thread through.
+    """
+    blocks = list(blocks)
+    if scan and len(blocks) > 1:
+        splits = [nnx.split(b) for b in blocks]
+        graphdef = splits[0][0]
+        same = all(gd == graphdef for gd, _ in splits[1:])
+        draws = not deterministic and any(jax.tree.leaves(nnx.state(b, nnx.RngState)) for b in blocks)
+        if same and not draws:
+            stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *[state for _, state in splits])
+
+            def body(h, state):
+                return nnx.merge(graphdef, state)(h, deterministic=deterministic), None
+
+            x, _ = jax.lax.scan(body, x, stacked)
+            return x
+    for block in blocks:
+        x = block(x, deterministic=deterministic)
+    return x

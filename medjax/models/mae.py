@@ -13,7 +13,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from medjax.models.attention import attention_implementation
-from medjax.models.block import Block
+from medjax.models.block import Block, run_blocks
 from medjax.models.layers import Dense, constrain, layer_norm, param_init
 from medjax.models.masking import masked_mse, patch_norm_stats, random_masking
 from medjax.models.patch_embed import patchify, unpatchify
@@ -83,8 +83,8 @@ class MAE(nnx.Module):
         pe = jnp.asarray(sincos_pos_embed(self.decoder_width, self.grid, num_prefix=p, axes=self.encoder.sincos_axes))
         x = jnp.concatenate([prefix, x], axis=1) + pe.astype(x.dtype)
         x = constrain(x, ("batch", "length", "embed"))
-        for block in self.decoder_blocks:
-            x = block(x, deterministic=deterministic)
+        x = run_blocks(self.decoder_blocks, x, deterministic=deterministic,
+                       scan=bool(getattr(self.encoder, "scan_blocks", False)))
         x = self.decoder_norm(x)
         pred = self.decoder_pred(x)[:, p:].astype(jnp.float32)
         return constrain(pred, ("batch", "length", "patch"))

@@ -11,7 +11,7 @@ import numpy as np
 from flax import nnx
 
 from medjax.models.attention import attention_implementation
-from medjax.models.block import Block
+from medjax.models.block import Block, run_blocks
 from medjax.models.layers import compute_dtype, constrain, layer_norm, param_init
 from medjax.models.patch_embed import PatchEmbed, patch_grid
 from medjax.models.posembed import resize_pos_embed, sincos_pos_embed
@@ -71,6 +71,7 @@ class ViT(nnx.Module):
             for r in rates
         ])
         self.norm = layer_norm(d, epsilon=norm_eps, rngs=rngs)
+        self.scan_blocks = bool(getattr(cfg, "scan_blocks", False))
 
     def position_embedding(self) -> jax.Array:
         """(1, P + L, D) float32: prefix rows first (zero for sin-cos), then the grid in patch order."""
@@ -133,7 +134,18 @@ class ViT(nnx.Module):
             raise ValueError(f"return_layers {bad} out of range: blocks are numbered 1..{len(self.blocks)}")
         h = self.embed(x, visible_ids)
         attentions, layers = [], {}
-        for i, block in enumerate(self.blocks, start=1):
+        if self.scan_blocks and not return_attention and type(self)._enter_block is ViT._enter_block:
+            # scanned segments between the returned layers (run_blocks falls back to a loop where it must)
+            start = 0
+            for end in sorted(set(return_layers) | {len(self.blocks)}):
+                h = run_blocks(self.blocks[start:end], h, deterministic=deterministic, scan=True)
+                if end in return_layers:
+                    layers[end] = self._exit_tokens(h)
+                start = end
+            blocks = []
+        else:
+            blocks = self.blocks
+        for i, block in enumerate(blocks, start=1):
             h = self._enter_block(h, i)
             if return_attention:
                 h, w = block(h, deterministic=deterministic, return_attention=True)
