@@ -85,7 +85,7 @@ def test_restarted_server_resumes_and_ends_like_an_uninterrupted_run(site_dirs, 
     from medjax.federated.arrays import flatten
     from medjax.federated.server import initial_params
 
-    init, g, a, b = (flatten(t) for t in (initial_params(cfg), state["params"], site_a["params"], site_b["params"]))
+    init, g, a, b = (flatten(t) for t in (initial_params(cfg)[0], state["params"], site_a["params"], site_b["params"]))
     norms = [k for k in g if "norm" in k]
     others = [k for k in g if "norm" not in k]
     assert norms and others
@@ -107,7 +107,7 @@ def test_dp_noise_is_added_at_the_site_with_the_configured_scale(site_dirs, tmp_
     with FederatedServer(cfg, tmp_path / "server", log=lambda s: None) as server:
         summary = server.run(InProcessSites({"only": site_dirs[1]}, tmp_path / "states"))
         final = flatten(server.params())
-    init = flatten(initial_params(cfg))
+    init = flatten(initial_params(cfg)[0])
     diff = np.concatenate([(final[k] - init[k]).ravel() for k in init]).astype(np.float64)
     # two rounds, each adding N(0, (noise * clip)^2) per coordinate: std sqrt(2) * clip (over ~10^5 coordinates)
     assert diff.size > 50_000
