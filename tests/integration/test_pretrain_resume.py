@@ -15,7 +15,7 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-STEPS = 120
+STEPS = 60  # a 50-step window after the first checkpoint (step 10) to kill the run in
 TINY = [
     "model.variant=Mu/8", "model.decoder_width=32", "model.decoder_depth=1", "model.decoder_heads=2",
     "data.crop_size=16", "data.spacing=2.0,2.0,2.0", "data.samples_per_volume=2", "data.workers=0",
