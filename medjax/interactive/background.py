@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 from typing import IO
 
@@ -29,9 +30,17 @@ def start_logged(command: list[str], log_path: Path, *, cwd: str | os.PathLike |
     log.flush()
     env = dict(os.environ)
     env.setdefault("PYTHONUNBUFFERED", "1")
-    process = subprocess.Popen(command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
-                               stdin=subprocess.DEVNULL, start_new_session=True)
+    process = subprocess.Popen([sys.executable, "-c", _RESET_SIGINT, *command], cwd=cwd, env=env, stdout=log,
+                               stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
     return process, log
+
+
+# Runs the command with SIGINT at its default disposition: a process started from a non-interactive shell's
+# background job (`nohup jupyter lab &`) inherits SIGINT ignored, a Python program then never installs its
+# KeyboardInterrupt handler, and a widget's Stop (SIGINT, as Ctrl-C) would do nothing. Set in the child, not
+# in a preexec_fn (unsafe in a kernel with threads); the disposition survives the exec.
+_RESET_SIGINT = ("import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+                 "os.execvp(sys.argv[1], sys.argv[1:])")
 
 
 def wait_logged(process: subprocess.Popen, log_path: Path, timeout: float | None = None) -> int:

@@ -105,8 +105,21 @@ def test_view_follows_a_running_process_to_the_end(tmp_path):
         FederatedView(tmp_path / "run", follow=False).start()
 
 
-def test_stop_interrupts_the_run_like_ctrl_c(tmp_path):
-    """Stop sends SIGINT: the run's own clean-up (the simulator stopping its SuperLink and SuperNodes) runs."""
+@pytest.mark.parametrize("parent_ignores_sigint", [False, True])
+def test_stop_interrupts_the_run_like_ctrl_c(tmp_path, parent_ignores_sigint):
+    """Stop sends SIGINT: the run's own clean-up (the simulator stopping its SuperLink and SuperNodes) runs; also
+    when the notebook server was started with SIGINT ignored (a background job of a non-interactive shell)."""
+    import signal
+
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if parent_ignores_sigint else None
+    try:
+        _start_stop_and_check(tmp_path)  # the child inherits the ignored SIGINT, as from `nohup jupyter lab &`
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+
+
+def _start_stop_and_check(tmp_path):
     script = tmp_path / "waits.py"
     script.write_text(textwrap.dedent("""
         import sys, time
