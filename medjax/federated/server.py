@@ -112,7 +112,6 @@ class FederatedServer:
 
             if is_peft_run(cfg):
                 self.peft = base_reference(cfg, self.tree)
-        self.eval = None
         self.opt = ServerOptimizer(fed, self.shared())
         self.ckpt = Checkpointer(self.workdir, keep=cfg.checkpoint.keep)
         self.round = 0
