@@ -73,20 +73,27 @@ def _enable_compile_cache(state_dir: str) -> None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 
-@app.train()
-def train(msg: Message, context: Context) -> Message:
+def _site_request(msg: Message, context: Context):
+    """``(site, data_dir, state_dir, cache_dir, cfg, global arrays)`` of a message to this SuperNode, with the
+    file-open audit and the site's compile cache set up."""
     from medjax.config.overrides import from_dict
     from medjax.config.schema import Config
-    from medjax.federated.local import train_round
 
     site, data_dir, state_dir, cache_dir = node_settings(context)
     _start_audit(site)
     _enable_compile_cache(state_dir)
-    conf = msg.content["config"]
-    cfg = from_dict(Config, json.loads(str(conf["config-json"])))
+    cfg = from_dict(Config, json.loads(str(msg.content["config"]["config-json"])))
     arrays = {k: v.numpy() for k, v in msg.content["arrays"].items()}
-    res = train_round(cfg, data_dir=data_dir, state_dir=state_dir, global_arrays=arrays, round_=int(conf["round"]),
-                      cache_dir=cache_dir)
+    return site, data_dir, state_dir, cache_dir, cfg, arrays
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    from medjax.federated.local import train_round
+
+    site, data_dir, state_dir, cache_dir, cfg, arrays = _site_request(msg, context)
+    res = train_round(cfg, data_dir=data_dir, state_dir=state_dir, global_arrays=arrays,
+                      round_=int(msg.content["config"]["round"]), cache_dir=cache_dir)
     content = RecordDict({
         "arrays": ArrayRecord({k: Array(v) for k, v in res.arrays.items()}),
         "metrics": MetricRecord({"num-examples": int(res.num_examples), "loss": float(res.loss),
@@ -101,16 +108,10 @@ def train(msg: Message, context: Context) -> Message:
 def evaluate(msg: Message, context: Context) -> Message:
     """Score the global parameters on the site's own held-out records (fine-tuning runs); reply with aggregate
     metrics only (``num-val`` and the task's scalar metrics)."""
-    from medjax.config.overrides import from_dict
-    from medjax.config.schema import Config
     from medjax.federated.local import site_config
     from medjax.federated.local_finetune import evaluate_global
 
-    site, data_dir, state_dir, cache_dir = node_settings(context)
-    _start_audit(site)
-    _enable_compile_cache(state_dir)
-    cfg = from_dict(Config, json.loads(str(msg.content["config"]["config-json"])))
-    arrays = {k: v.numpy() for k, v in msg.content["arrays"].items()}
+    site, data_dir, state_dir, cache_dir, cfg, arrays = _site_request(msg, context)
     metrics = evaluate_global(site_config(cfg, data_dir, cache_dir), state_dir=state_dir, global_arrays=arrays)
     content = RecordDict({"metrics": MetricRecord({k.replace("_", "-"): (int(v) if k == "num_val" else float(v))
                                                    for k, v in metrics.items()}),

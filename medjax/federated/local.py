@@ -117,21 +117,26 @@ def prox_step(model_def, tx, schedule, mu: float, *, state_shardings=None, max_n
     return jax.jit(step, **kwargs)
 
 
-def _roll_back(state_dir: Path, round_: int) -> None:
-    """Forget this site's checkpoints (and step records) of rounds ``>= round_``: the server is re-running
-    ``round_`` (it restarted before saving it), so the site starts it again from the state after ``round_ - 1``."""
+def drop_checkpoints_from(state_dir, first: int) -> bool:
+    """Delete the site's checkpoints numbered ``>= first``; whether any was deleted. The server is re-sending a
+    round it restarted before saving, so the site trains it again from the same state as the first time."""
     import shutil
 
-    from medjax.training.checkpoint import Checkpointer, checkpoint_dir
-    from medjax.training.logging import truncate_metrics
+    from medjax.training.checkpoint import checkpoint_dir
 
     folder = checkpoint_dir(state_dir)
-    if not folder.is_dir():
-        return
-    later = [p for p in folder.iterdir() if p.name.isdigit() and int(p.name) >= round_]
+    later = [p for p in folder.iterdir() if p.name.isdigit() and int(p.name) >= first] if folder.is_dir() else []
     for p in later:
         shutil.rmtree(p)
-    if later:
+    return bool(later)
+
+
+def _roll_back(state_dir: Path, round_: int) -> None:
+    """Forget this site's checkpoints (numbered by round) and step records of rounds ``>= round_``."""
+    from medjax.training.checkpoint import Checkpointer
+    from medjax.training.logging import truncate_metrics
+
+    if drop_checkpoints_from(state_dir, round_):
         with Checkpointer(state_dir, keep=2) as ckpt:
             latest = ckpt.latest_step()
             step = int((ckpt.read_item("meta", latest) or {}).get("step", 0)) if latest is not None else 0
@@ -163,9 +168,8 @@ def train_round(cfg: Config, *, data_dir: str, state_dir, global_arrays: dict[st
     if fed.task == "finetune":
         from medjax.federated.local_finetune import finetune_round
 
-        res = finetune_round(scfg, state_dir=state_dir, global_arrays=global_arrays, round_=round_,
-                             progress=progress)
-        return _privatise(res, global_arrays, fed)
+        return finetune_round(scfg, state_dir=state_dir, global_arrays=global_arrays, round_=round_,
+                              progress=progress)
     state_dir = prepare_workdir(scfg, state_dir, restart=False)
     schedule = make_schedule(scfg.train)
     tx = make_optimizer(scfg.train, schedule=schedule)
@@ -226,25 +230,28 @@ def train_round(cfg: Config, *, data_dir: str, state_dir, global_arrays: dict[st
         run.ckpt.wait()
         new_named = flatten(state.params)
     shared_new = {k: v for k, v in new_named.items() if not is_local(k, local_pats)}
-    update = {k: shared_new[k] - np.asarray(global_arrays[k], shared_new[k].dtype) for k in shared_new}
-    norm = float(np.sqrt(sum(float(np.sum(np.square(u, dtype=np.float64))) for u in update.values())))
-    res = SiteResult(arrays=shared_new, num_examples=len(records), loss=float(np.mean(host_losses)),
-                     steps=fed.local_steps, seconds=time.time() - t0, update_norm=norm)
-    return _privatise(res, global_arrays, fed)
+    return site_result(shared_new, global_arrays, fed, num_examples=len(records), losses=host_losses,
+                       seconds=time.time() - t0)
 
 
-def _privatise(res: SiteResult, global_arrays: dict[str, np.ndarray], fed) -> SiteResult:
-    """Differential privacy (``federated.dp_clip > 0``): the update (sent minus global parameters) clipped to
-    ``dp_clip`` in L2 and Gaussian noise of std ``dp_noise * dp_clip`` added, before anything leaves the site."""
-    if fed.dp_clip <= 0:
-        return res
-    from medjax.federated.privacy import add_gaussian_noise, clip_update
+def site_result(sent: dict[str, np.ndarray], global_arrays: dict[str, np.ndarray], fed, *, num_examples: int,
+                losses, seconds: float) -> SiteResult:
+    """What the site sends after a round: ``sent`` (its travelling parameters) and aggregate numbers.
 
-    sent = res.arrays
+    ``update_norm`` is the L2 norm of the update (sent minus global parameters). With differential privacy
+    (``federated.dp_clip > 0``) the update is clipped to ``dp_clip`` in L2 and Gaussian noise of std
+    ``dp_noise * dp_clip`` added before anything leaves the site.
+    """
     update = {k: sent[k] - np.asarray(global_arrays[k], sent[k].dtype) for k in sent}
-    # the noise comes from fresh OS entropy: a seed the coordinator could know would let it remove the noise
-    update, _ = clip_update(update, fed.dp_clip)
-    update = add_gaussian_noise(update, fed.dp_clip, fed.dp_noise, np.random.default_rng())
-    res.arrays = {k: (np.asarray(global_arrays[k], np.float32) + update[k]).astype(sent[k].dtype) for k in sent}
-    res.clipped = True
+    norm = float(np.sqrt(sum(float(np.sum(np.square(u, dtype=np.float64))) for u in update.values())))
+    res = SiteResult(arrays=sent, num_examples=int(num_examples), loss=float(np.mean(losses)),
+                     steps=fed.local_steps, seconds=seconds, update_norm=norm)
+    if fed.dp_clip > 0:
+        from medjax.federated.privacy import add_gaussian_noise, clip_update
+
+        # the noise comes from fresh OS entropy: a seed the coordinator could know would let it remove the noise
+        update, _ = clip_update(update, fed.dp_clip)
+        update = add_gaussian_noise(update, fed.dp_clip, fed.dp_noise, np.random.default_rng())
+        res.arrays = {k: (np.asarray(global_arrays[k], np.float32) + update[k]).astype(sent[k].dtype) for k in sent}
+        res.clipped = True
     return res

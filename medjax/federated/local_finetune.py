@@ -17,7 +17,6 @@ only aggregate numbers leave the site (no case ids, file names or per-case value
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -27,32 +26,20 @@ from medjax.config.schema import Config
 
 
 def _roll_back(state_dir: Path, step: int) -> None:
-    """Forget the site's checkpoints (and metrics lines) after ``step``: the server is re-sending a round it
-    restarted before saving, so the site trains it again from the same state as the first time."""
-    import shutil
-
-    from medjax.training.checkpoint import checkpoint_dir
+    """Forget the site's checkpoints (numbered by step) and metrics lines after ``step``."""
+    from medjax.federated.local import drop_checkpoints_from
     from medjax.training.logging import truncate_metrics
 
-    folder = checkpoint_dir(state_dir)
-    if not folder.is_dir():
-        return
-    later = [p for p in folder.iterdir() if p.name.isdigit() and int(p.name) > step]
-    for p in later:
-        shutil.rmtree(p)
-    if later:
+    if drop_checkpoints_from(state_dir, step + 1):
         truncate_metrics(Path(state_dir) / "metrics.jsonl", step)
 
 
 def _round_losses(state_dir: Path, first: int, last: int) -> list[float]:
     """Losses the site logged for steps ``first..last`` (``train.log_every`` decides which were logged)."""
-    path = Path(state_dir) / "metrics.jsonl"
-    out = []
-    for line in path.read_text().splitlines() if path.is_file() else ():
-        rec = json.loads(line)
-        if first <= int(rec.get("step", -1)) <= last and "loss" in rec:
-            out.append(float(rec["loss"]))
-    return out
+    from medjax.training.logging import read_metrics
+
+    return [float(r["loss"]) for r in read_metrics(Path(state_dir) / "metrics.jsonl")
+            if first <= int(r.get("step", -1)) <= last and "loss" in r]
 
 
 def _put(named: dict, like):
@@ -69,11 +56,11 @@ def finetune_round(scfg: Config, *, state_dir, global_arrays: dict[str, np.ndarr
     """Train this site's ``federated.local_steps`` fine-tuning steps of round ``round_`` from ``global_arrays``.
 
     ``scfg``: the site's config (:func:`medjax.federated.local.site_config`: its own ``data.dir``, ``train.steps``
-    over all rounds). Returns a :class:`medjax.federated.local.SiteResult` (before any DP clipping).
+    over all rounds). Returns a :class:`medjax.federated.local.SiteResult` (DP applied when configured).
     """
     from medjax.errors import ConfigError
     from medjax.federated.arrays import flatten, travelling_names
-    from medjax.federated.local import SiteResult
+    from medjax.federated.local import site_result
     from medjax.finetune.loop import finetune, split_records
 
     t0 = time.time()
@@ -102,13 +89,10 @@ def finetune_round(scfg: Config, *, state_dir, global_arrays: dict[str, np.ndarr
     if summary["signal"] is not None:
         raise RuntimeError(f"the site's fine-tuning stopped on {summary['signal']} in round {round_}")
     names = box["names"]
-    arrays = {k: box["end"][k] for k in names}
-    update = {k: arrays[k] - np.asarray(global_arrays[k], arrays[k].dtype) for k in names}
-    norm = float(np.sqrt(sum(float(np.sum(np.square(u, dtype=np.float64))) for u in update.values())))
     losses = _round_losses(state_dir, first + 1, round_ * fed.local_steps) or [float(summary["final_loss"])]
     train_records, _ = split_records(scfg)
-    return SiteResult(arrays=arrays, num_examples=len(train_records), loss=float(np.mean(losses)),
-                      steps=fed.local_steps, seconds=time.time() - t0, update_norm=norm)
+    return site_result({k: box["end"][k] for k in names}, global_arrays, fed, num_examples=len(train_records),
+                       losses=losses, seconds=time.time() - t0)
 
 
 def task_params(cfg: Config):

@@ -142,18 +142,16 @@ class ViT(nnx.Module):
                 if end in return_layers:
                     layers[end] = self._exit_tokens(h)
                 start = end
-            blocks = []
         else:
-            blocks = self.blocks
-        for i, block in enumerate(blocks, start=1):
-            h = self._enter_block(h, i)
-            if return_attention:
-                h, w = block(h, deterministic=deterministic, return_attention=True)
-                attentions.append(self._exit_attention(w))
-            else:
-                h = block(h, deterministic=deterministic)
-            if i in return_layers:
-                layers[i] = self._exit_tokens(h)
+            for i, block in enumerate(self.blocks, start=1):
+                h = self._enter_block(h, i)
+                if return_attention:
+                    h, w = block(h, deterministic=deterministic, return_attention=True)
+                    attentions.append(self._exit_attention(w))
+                else:
+                    h = block(h, deterministic=deterministic)
+                if i in return_layers:
+                    layers[i] = self._exit_tokens(h)
         tokens = self.norm(self._exit_tokens(h))
         out = (tokens,)
         if return_attention:
