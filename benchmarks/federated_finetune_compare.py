@@ -153,6 +153,7 @@ def main() -> None:
     ap.add_argument("--dp-noise", type=float, default=0.5)
     ap.add_argument("--metric", default="", help="eval key (default: mean_dice / auroc by task)")
     ap.add_argument("--out", default="")
+    ap.add_argument("--report", action="store_true", help="only write the table of WORKDIR/results.jsonl (no training)")
     ap.add_argument("--set", dest="overrides", nargs="+", default=[], metavar="KEY=VALUE")
     args = ap.parse_args()
 
@@ -160,12 +161,12 @@ def main() -> None:
     from medjax.data.demo_sites import split_demo_sites
 
     wd = Path(args.workdir)
-    sites = split_demo_sites(args.demo, wd / "data", args.sites, "by-site", 0)
+    sites = [] if args.report else split_demo_sites(args.demo, wd / "data", args.sites, "by-site", 0)
     preset = get_preset(args.config)
     metric = args.metric or {"segmentation": "mean_dice", "classification": "auroc"}[preset.task]
     log_path = wd / "results.jsonl"
     done = [json.loads(x) for x in log_path.read_text().splitlines()] if log_path.exists() else []
-    for seed in args.seeds:
+    for seed in [] if args.report else args.seeds:
         base = apply_overrides(preset, [
             f"finetune.init_from={args.init_from}", f"finetune.val_records={args.val_per_site}",
             f"train.seed={seed}", f"train.warmup_steps={max(1, args.rounds * args.local_steps // 10)}",
