@@ -114,10 +114,18 @@ def run_arm(arm: str, base, sites: list[Path], wd: Path, args) -> list[dict]:
 
 
 def table(results: list[dict], metric: str, n_sites: int) -> list[str]:
-    """Markdown rows: per site and overall (held-out-weighted mean over sites) as mean ± std over seeds."""
+    """Markdown rows: per site and overall (held-out-weighted mean over sites) as mean ± std over seeds, and the
+    overall difference to the centralised run of the same seed (seeds change crops and head initialisation more
+    than the arms differ, so the paired difference is the sharper comparison)."""
     names = list(dict.fromkeys(r["name"] for r in results))
-    lines = ["| model | " + " | ".join(f"site-{k}" for k in range(1, n_sites + 1)) + " | overall | seeds | s/run | bytes/site/round | epsilon |",
-             "| --- |" + " --- |" * (n_sites + 5)]
+    lines = ["| model | " + " | ".join(f"site-{k}" for k in range(1, n_sites + 1)) + " | overall | overall − centralised, "
+             "same seed | seeds | s/run | bytes/site/round | epsilon |",
+             "| --- |" + " --- |" * (n_sites + 6)]
+
+    def overall(r):
+        return np.average([s.get(metric, np.nan) for s in r["sites"]], weights=[s["num_val"] for s in r["sites"]])
+
+    central = {r["seed"]: overall(r) for r in results if r["arm"] == "centralised"}
 
     def fmt(v):
         v = np.asarray(v, dtype=float)
@@ -126,11 +134,11 @@ def table(results: list[dict], metric: str, n_sites: int) -> list[str]:
     for name in names:
         rs = [r for r in results if r["name"] == name]
         per_site = [[r["sites"][k].get(metric, np.nan) for r in rs] for k in range(n_sites)]
-        overall = [np.average([s.get(metric, np.nan) for s in r["sites"]], weights=[s["num_val"] for s in r["sites"]])
-                   for r in rs]
+        scores = [overall(r) for r in rs]
+        paired = [overall(r) - central[r["seed"]] for r in rs if r["seed"] in central and r["arm"] != "centralised"]
         b = rs[0].get("bytes_per_site_round")
         eps = rs[0].get("epsilon")
-        lines.append(f"| {name} | " + " | ".join(fmt(v) for v in per_site) + f" | {fmt(overall)} | {len(rs)} | "
+        lines.append(f"| {name} | " + " | ".join(fmt(v) for v in per_site) + f" | {fmt(scores)} | {fmt(paired) if paired else '-'} | {len(rs)} | "
                      f"{np.mean([r['seconds'] for r in rs]):.0f} | {f'{b:,}' if b else '-'} | "
                      f"{f'{eps:.2f}' if eps is not None else '-'} |")
     return lines
