@@ -6,6 +6,8 @@ Arms, all from the same MAE (``--init-from``), the same preset and ``ROUNDS x LO
 model (so a federated run spends ``sites`` times the pooled run's compute, as in a real consortium):
 
 - ``centralised``: one run on the pooled training volumes of all sites (what federated training tries to match);
+- ``centralised_samples``: the same with a batch ``sites`` times larger, so it sees as many samples as the
+  federation does (every site trains every step of every round);
 - ``site-K alone``: one run on site K's training volumes only;
 - ``FedAvg``: the server loop and site rounds of ``medjax federated simulate``, sites in this process;
 - ``personalised``: FedAvg with ``federated.local_keys`` (``--local-keys``) kept at each site;
@@ -32,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-ARMS = ("centralised", "alone", "fedavg", "personalised", "dp")
+ARMS = ("centralised", "centralised_samples", "alone", "fedavg", "personalised", "dp")
 
 
 def pooled_manifest(sites: list[Path], val_per_site: int, path: Path) -> Path:
@@ -79,13 +81,15 @@ def run_arm(arm: str, base, sites: list[Path], wd: Path, args) -> list[dict]:
     steps = args.rounds * args.local_steps
     wd.mkdir(parents=True, exist_ok=True)
     rows = []
-    if arm == "centralised":
+    if arm in ("centralised", "centralised_samples"):
+        batch = base.train.batch_size * (len(sites) if arm == "centralised_samples" else 1)
         cfg = apply_overrides(base, [f"data.dir={pooled_manifest(sites, args.val_per_site, wd / 'pooled.json')}",
-                                     "finetune.val_records=0", f"train.steps={steps}"])
+                                     "finetune.val_records=0", f"train.steps={steps}", f"train.batch_size={batch}"])
         t = time.time()
         finetune(cfg, wd / "run", restart=True, progress=False, evaluate=False)
-        rows.append(("centralised (pooled data)", score_everywhere(base, sites, final_arrays(wd / "run")),
-                     time.time() - t, {}))
+        name = ("centralised (pooled data)" if arm == "centralised" else
+                f"centralised, batch {batch} (the federation's samples)")
+        rows.append((name, score_everywhere(base, sites, final_arrays(wd / "run")), time.time() - t, {}))
     elif arm == "alone":
         for k, s in enumerate(sites, 1):
             cfg = apply_overrides(base, [f"data.dir={s}", f"train.steps={steps}"])
