@@ -51,24 +51,15 @@ def pooled_manifest(sites: list[Path], val_per_site: int, path: Path) -> Path:
     return path
 
 
-def final_arrays(workdir: Path) -> dict[str, np.ndarray]:
-    """The flat named parameters of a fine-tuning run's latest checkpoint."""
+def score_run(cfg, sites: list[Path], run_dir: Path) -> list[dict]:
+    """Each site's held-out metrics for the latest parameters of the single-run (non-federated) ``run_dir``."""
     from medjax.federated.arrays import flatten
-    from medjax.training.checkpoint import Checkpointer
-
-    with Checkpointer(workdir, read_only=True) as ckpt:
-        state, _, _ = ckpt.restore_unsharded()
-    return flatten(state["params"])
-
-
-def score_everywhere(cfg, sites: list[Path], arrays: dict, state_root: Path | None = None) -> list[dict]:
-    """Each site's held-out metrics for ``arrays`` (a site's own local parameters from ``state_root/site-K``)."""
     from medjax.federated.local import site_config
     from medjax.federated.local_finetune import evaluate_global
+    from medjax.training.restore import read_arrays
 
-    return [evaluate_global(site_config(cfg, str(s)), global_arrays=arrays,
-                            state_dir=(state_root / f"site-{k}") if state_root else Path("/nonexistent"))
-            for k, s in enumerate(sites, 1)]
+    arrays = flatten(read_arrays(run_dir)[0]["params"])  # parameters only, no optimizer state read
+    return [evaluate_global(site_config(cfg, str(s)), global_arrays=arrays, state_dir=run_dir) for s in sites]
 
 
 def run_arm(arm: str, base, sites: list[Path], wd: Path, args) -> list[dict]:
@@ -89,14 +80,13 @@ def run_arm(arm: str, base, sites: list[Path], wd: Path, args) -> list[dict]:
         finetune(cfg, wd / "run", restart=True, progress=False, evaluate=False)
         name = ("centralised (pooled data)" if arm == "centralised" else
                 f"centralised, batch {batch} (the federation's samples)")
-        rows.append((name, score_everywhere(base, sites, final_arrays(wd / "run")), time.time() - t, {}))
+        rows.append((name, score_run(base, sites, wd / "run"), time.time() - t, {}))
     elif arm == "alone":
         for k, s in enumerate(sites, 1):
             cfg = apply_overrides(base, [f"data.dir={s}", f"train.steps={steps}"])
             t = time.time()
             finetune(cfg, wd / f"site-{k}", restart=True, progress=False, evaluate=False)
-            rows.append((f"site-{k} alone", score_everywhere(base, sites, final_arrays(wd / f"site-{k}")),
-                         time.time() - t, {}))
+            rows.append((f"site-{k} alone", score_run(base, sites, wd / f"site-{k}"), time.time() - t, {}))
     else:
         extra = {"fedavg": [], "personalised": [f"federated.local_keys={args.local_keys}"],
                  "dp": [f"federated.dp_clip={args.dp_clip}", f"federated.dp_noise={args.dp_noise}"]}[arm]
