@@ -129,13 +129,15 @@ def finetune(cfg, workdir, *, init_from: str | None = None, restart: bool = Fals
 
     Returns the summary dict (also ``WORKDIR/summary.json``): ``workdir``, ``checkpoint``, ``step``,
     ``first_loss``, ``final_loss``, ``init`` (report or None), ``eval`` (metrics or None), ``seconds``,
-    ``num_train_records``, ``num_val_records``, ``exit_code``, ``signal``.
+    ``num_train_records``, ``num_val_records``, ``exit_code``, ``signal``, ``params_digest`` (SHA-256 of the
+    final parameters, all of them: equal digests mean bit-identical models).
     """
     import dataclasses
 
     import jax
 
     from medjax.config.overrides import to_dict
+    from medjax.training.digest import params_digest
     from medjax.data.pipeline import make_iterator, to_global_batch
     from medjax.finetune.tasks import build_task_model, check_task, loss_for, prepare_batch
     from medjax.parallel.rules import use_mesh
@@ -286,6 +288,7 @@ def finetune(cfg, workdir, *, init_from: str | None = None, restart: bool = Fals
         "tensorboard": f"tensorboard --logdir {workdir / 'tb'}",
         "signal": stopped.name if stopped is not None else None,
         "exit_code": stopped.exit_code if stopped is not None else 0,
+        "params_digest": params_digest(state.params),
     }
     (workdir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     return summary

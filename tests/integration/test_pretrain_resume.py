@@ -3,15 +3,15 @@ the digest of an uninterrupted run; SIGTERM -> checkpoint, exit 0, resumable."""
 
 from __future__ import annotations
 
-import json
-import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+
+from tests.integration.killing import (checkpoint_steps, cpu_env, kill_after_first_checkpoint, logged_steps,
+                                       medjax_cmd, run_to_end)
 
 pytestmark = pytest.mark.slow
 
@@ -25,10 +25,7 @@ TINY = [
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    e = dict(os.environ)
-    e.update(JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=str(tmp_path_factory.mktemp("jaxcache")),
-             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
-    return e
+    return cpu_env(tmp_path_factory.mktemp("jaxcache"))
 
 
 @pytest.fixture(scope="module")
@@ -39,19 +36,12 @@ def dataset(tmp_path_factory):
 
 
 def _cmd(dataset, workdir, *extra):
-    return [sys.executable, "-m", "medjax", "pretrain", "--config", "demo", "--workdir", str(workdir),
-            "--no-progress", "--set", *TINY, f"data.dir={dataset}", *extra]
+    return medjax_cmd("pretrain", "--config", "demo", "--workdir", workdir, "--no-progress", "--set", *TINY,
+                      f"data.dir={dataset}", *extra)
 
 
 def _run(dataset, workdir, env, *extra) -> dict:
-    p = subprocess.run(_cmd(dataset, workdir, *extra), env=env, capture_output=True, text=True, timeout=600)
-    assert p.returncode == 0, p.stderr[-3000:]
-    return json.loads((Path(workdir) / "summary.json").read_text())
-
-
-def _checkpoint_steps(workdir) -> list[int]:
-    d = Path(workdir) / "checkpoints"
-    return sorted(int(p.name) for p in d.iterdir() if p.name.isdigit()) if d.is_dir() else []
+    return run_to_end(_cmd(dataset, workdir, *extra), workdir, env)
 
 
 def _metrics_lines(workdir) -> int:
@@ -67,21 +57,11 @@ def test_determinism_and_sigkill_resume(dataset, env, tmp_path):
     assert a["step"] == STEPS
 
     work = tmp_path / "killed"
-    proc = subprocess.Popen(_cmd(dataset, work, *extra), env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while time.time() < deadline and not _checkpoint_steps(work) and proc.poll() is None:
-        time.sleep(0.02)
-    assert proc.poll() is None, "the run finished before it could be killed"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=60)
-    killed_at = _checkpoint_steps(work)
-    assert killed_at and killed_at[-1] < STEPS
+    killed_at = kill_after_first_checkpoint(_cmd(dataset, work, *extra), work, env, STEPS)
     c = _run(dataset, work, env, *extra)
-    assert c["resumed_from"] == killed_at[-1]
+    assert c["resumed_from"] == killed_at
     assert c["params_digest"] == a["params_digest"]
-    steps = [json.loads(line)["step"] for line in (work / "metrics.jsonl").read_text().splitlines()]
-    assert steps == list(range(1, STEPS + 1))
+    assert logged_steps(work) == list(range(1, STEPS + 1))
 
 
 def test_sigterm_saves_and_resumes(dataset, env, tmp_path):
@@ -95,7 +75,7 @@ def test_sigterm_saves_and_resumes(dataset, env, tmp_path):
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err[-3000:]
     assert "stopped by SIGTERM" in out
-    saved = _checkpoint_steps(work)
+    saved = checkpoint_steps(work)
     assert len(saved) == 1 and 3 <= saved[0] < 100000
     s = _run(dataset, work, env, f"train.steps={saved[0] + 2}", "checkpoint.every_steps=100000")
     assert s["resumed_from"] == saved[0] and s["step"] == saved[0] + 2
