@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-ARMS = ("centralised", "centralised_samples", "alone", "fedavg", "personalised", "dp")
+ARMS = ("centralised", "centralised_samples", "alone", "fedavg", "fedprox", "personalised", "dp")
 
 
 def pooled_manifest(sites: list[Path], val_per_site: int, path: Path) -> Path:
@@ -88,7 +88,8 @@ def run_arm(arm: str, base, sites: list[Path], wd: Path, args) -> list[dict]:
             finetune(cfg, wd / f"site-{k}", restart=True, progress=False, evaluate=False)
             rows.append((f"site-{k} alone", score_run(base, sites, wd / f"site-{k}"), time.time() - t, {}))
     else:
-        extra = {"fedavg": [], "personalised": [f"federated.local_keys={args.local_keys}"],
+        extra = {"fedavg": [], "fedprox": ["federated.strategy=fedprox", f"federated.proximal_mu={args.mu}"],
+                 "personalised": [f"federated.local_keys={args.local_keys}"],
                  "dp": [f"federated.dp_clip={args.dp_clip}", f"federated.dp_noise={args.dp_noise}"]}[arm]
         cfg = apply_overrides(base, [f"data.dir={sites[0]}", *extra])
         t = time.time()
@@ -101,7 +102,7 @@ def run_arm(arm: str, base, sites: list[Path], wd: Path, args) -> list[dict]:
                 "epsilon": summary["epsilon"], "delta": summary["delta"]}
         per_site = summary["eval"]["sites"]
         scores = [per_site[f"site-{k}"] for k in range(1, len(sites) + 1)]
-        name = {"fedavg": "FedAvg", "personalised": f"personalised (local: {args.local_keys})",
+        name = {"fedavg": "FedAvg", "fedprox": f"FedProx (mu {args.mu})", "personalised": f"personalised (local: {args.local_keys})",
                 "dp": f"FedAvg + DP (clip {args.dp_clip}, noise {args.dp_noise})"}[arm]
         rows.append((name, scores, seconds, info))
     return [{"arm": arm, "name": n, "sites": s, "seconds": sec, **info} for n, s, sec, info in rows]
@@ -151,6 +152,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated subset of {','.join(ARMS)}")
     ap.add_argument("--local-keys", default="norm", help="personalised arm: parameter-path regexes kept local")
+    ap.add_argument("--mu", type=float, default=0.01, help="fedprox arm: proximal_mu")
     ap.add_argument("--dp-clip", type=float, default=1.0)
     ap.add_argument("--dp-noise", type=float, default=0.5)
     ap.add_argument("--metric", default="", help="eval key (default: mean_dice / auroc by task)")

@@ -74,9 +74,9 @@ def check_task(cfg: Config) -> None:
                           f"task={cfg.task!r}; use a fine-tuning preset such as demo_seg or demo_cls")
     if task not in ("pretrain", "finetune"):
         raise ConfigError(f"federated.task={task!r}: use pretrain or finetune")
-    if task == "finetune" and cfg.federated.strategy == "fedprox":
-        raise ConfigError("federated.strategy=fedprox adds its proximal term to the MAE step only; fine-tune with "
-                          "fedavg, fedadam or fedyogi (and federated.local_keys for personalised heads)")
+    if task == "finetune" and cfg.federated.strategy == "fedprox" and cfg.finetune.teacher:
+        raise ConfigError("federated.strategy=fedprox with finetune.teacher: the proximal term and task "
+                          "distillation are not combined in one step; use one of them")
 
 
 def site_config(cfg: Config, data_dir: str, cache_dir: str = "") -> Config:
@@ -91,22 +91,37 @@ def site_config(cfg: Config, data_dir: str, cache_dir: str = "") -> Config:
     return dataclasses.replace(cfg, data=data, train=train)
 
 
-def prox_step(model_def, tx, schedule, mu: float, *, state_shardings=None, max_nonfinite=None):
-    """The jitted step ``(state, batch, anchor) -> (state, metrics)`` of the MAE loss plus
-    ``mu/2 * sum ||params - anchor||^2`` (``anchor``: the parameters at the start of the round)."""
+def prox_step(model_def, tx, schedule, mu: float, *, loss_fn=None, names=None, trainable=None, state_shardings=None,
+              max_nonfinite=None):
+    """The jitted step ``(state, batch, anchor) -> (state, metrics)`` of ``loss_fn`` plus
+    ``mu/2 * sum ||params - anchor||^2`` (``anchor``: the parameters at the start of the round).
+
+    Args:
+      loss_fn: the task's ``(model, batch, key) -> (loss, aux)``; the MAE loss when None.
+      names: the parameter names (:func:`medjax.federated.arrays.flatten`) the proximal term covers, the ones that
+        travel; None: all. Parameters kept local (``federated.local_keys``) are not pulled towards the global model.
+      trainable: the fine-tuning method's mask (:func:`medjax.training.steps.train_step_fn`); frozen parameters
+        equal their anchor, so they add nothing to the term either way.
+    """
     import jax
     import jax.numpy as jnp
     from flax import nnx
 
+    from medjax.parallel.sharding import path_str
     from medjax.training.steps import mae_loss, train_step_fn
 
-    def loss_fn(model, batch, mask_key):
-        loss, aux = mae_loss(model, {k: v for k, v in batch.items() if k != _ANCHOR}, mask_key)
+    task_loss = mae_loss if loss_fn is None else loss_fn
+    covered = None if names is None else frozenset(names)
+
+    def loss_fn_prox(model, batch, key):
+        loss, aux = task_loss(model, {k: v for k, v in batch.items() if k != _ANCHOR}, key)
         params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
-        sq = sum(jnp.sum(jnp.square(p - a)) for p, a in zip(jax.tree.leaves(params), jax.tree.leaves(batch[_ANCHOR])))
+        pairs = zip(jax.tree_util.tree_flatten_with_path(params)[0], jax.tree.leaves(batch[_ANCHOR]))
+        sq = sum(jnp.sum(jnp.square(p - a)) for (path, p), a in pairs if covered is None or path_str(path) in covered)
         return loss + 0.5 * mu * sq, aux
 
-    inner = train_step_fn(model_def, tx, schedule, loss_fn=loss_fn, max_nonfinite=max_nonfinite)
+    inner = train_step_fn(model_def, tx, schedule, loss_fn=loss_fn_prox, max_nonfinite=max_nonfinite,
+                          trainable=trainable)
 
     def step(state, batch, anchor):
         return inner(state, {**batch, _ANCHOR: anchor})

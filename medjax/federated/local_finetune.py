@@ -84,8 +84,9 @@ def finetune_round(scfg: Config, *, state_dir, global_arrays: dict[str, np.ndarr
     def on_end(state):
         box["end"] = flatten(state.params)
 
+    mu = fed.proximal_mu if fed.strategy == "fedprox" else 0.0
     summary = finetune(scfg, state_dir, progress=progress, evaluate=False, stop_at=round_ * fed.local_steps,
-                       on_start=on_start, on_end=on_end)
+                       on_start=on_start, on_end=on_end, proximal_mu=mu)
     if summary["signal"] is not None:
         raise RuntimeError(f"the site's fine-tuning stopped on {summary['signal']} in round {round_}")
     names = box["names"]

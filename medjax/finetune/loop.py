@@ -108,7 +108,7 @@ def require_single_process() -> None:
 
 def finetune(cfg, workdir, *, init_from: str | None = None, restart: bool = False, progress: bool = True,
              evaluate: bool = True, measure_memory: bool = False, stop_at: int | None = None,
-             on_start=None, on_end=None) -> dict:
+             on_start=None, on_end=None, proximal_mu: float = 0.0) -> dict:
     """Fine-tune ``cfg.task`` in ``workdir`` (resuming from its latest checkpoint unless ``restart``).
 
     Args:
@@ -126,6 +126,10 @@ def finetune(cfg, workdir, *, init_from: str | None = None, restart: bool = Fals
       on_start: ``on_start(state) -> state`` on the restored or fresh train state before the first step (a
         federated site puts the global parameters in).
       on_end: ``on_end(state)`` with the final train state, after its checkpoint is written.
+      proximal_mu: FedProx (a federated site, ``federated.strategy=fedprox``): the loss gains
+        ``proximal_mu/2 * ||w - w_start||^2`` over the travelling parameters
+        (:func:`medjax.federated.arrays.travelling_names`), ``w_start`` being the parameters after ``on_start``
+        (the round's global model); 0 = off.
 
     Returns the summary dict (also ``WORKDIR/summary.json``): ``workdir``, ``checkpoint``, ``step``,
     ``first_loss``, ``final_loss``, ``init`` (report or None), ``eval`` (metrics or None), ``seconds``,
@@ -251,6 +255,8 @@ def finetune(cfg, workdir, *, init_from: str | None = None, restart: bool = Fals
                 raise ConfigError(f"stop_at={stop_at}: must be in 1..train.steps={cfg.train.steps}")
             loop_cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=int(stop_at)))
         state0 = on_start(run.state) if on_start is not None else run.state
+        if proximal_mu > 0:
+            step_fn = _proximal(cfg, spec, tx, schedule, proximal_mu, trainable, state0, mesh)
         result = run_steps(loop_cfg, state0, step_fn, start=run.start, next_batch=next_batch, save=save, ckpt=ckpt,
                            logger=logger, mesh=mesh, rules=spec.rules, before_final_save=probe_statistics,
                            on_step=measure if measure_memory else None)
@@ -292,6 +298,29 @@ def finetune(cfg, workdir, *, init_from: str | None = None, restart: bool = Fals
     }
     (workdir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     return summary
+
+
+def _proximal(cfg, spec, tx, schedule, mu: float, trainable, state0, mesh):
+    """``step(state, batch)`` of the task loss plus FedProx's ``mu/2 * ||w - w_start||^2`` (``w_start``: a copy of
+    ``state0``'s parameters, taken before the first step donates them)."""
+    import jax
+
+    from medjax.federated.arrays import travelling_names
+    from medjax.federated.local import prox_step
+    from medjax.finetune.tasks import loss_for
+    from medjax.parallel.rules import use_mesh
+
+    if cfg.finetune.teacher:
+        raise ConfigError("FedProx (federated.strategy=fedprox) and task distillation (finetune.teacher) are not "
+                          "combined in one step; use one of them")
+    if cfg.train.grad_accum != 1:
+        raise ConfigError("federated.strategy=fedprox needs train.grad_accum=1")
+    anchor = jax.tree.map(lambda x: x.copy(), state0.params)
+    with use_mesh(mesh, spec.rules):
+        fn = prox_step(spec.model_def, tx, schedule, mu, loss_fn=loss_for(cfg), trainable=trainable,
+                       names=travelling_names(cfg, state0.params), state_shardings=spec.shardings,
+                       max_nonfinite=cfg.train.max_nonfinite)
+    return lambda st, b: fn(st, b, anchor)
 
 
 def _init_encoder(cfg, state, spec):

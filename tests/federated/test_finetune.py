@@ -51,6 +51,22 @@ def test_one_site_fine_tuning_equals_centralised_fine_tuning(tmp_path):
     rounds = [json.loads(line) for line in (tmp_path / "server" / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in rounds if r["site"] == "global"] == [1, 2]
 
+    # FedProx: a round's first step starts at the global model (no proximal term yet, the same loss as above);
+    # its second step pays mu/2 ||w - w_global||^2 and moves less
+    prox = dataclasses.replace(cfg, federated=dataclasses.replace(cfg.federated, strategy="fedprox", proximal_mu=100.0))
+    with FederatedServer(prox, tmp_path / "prox_server", log=lambda s: None) as server:
+        p = server.run(InProcessSites({"only": data}, tmp_path / "prox_states"))
+    got = _losses(tmp_path / "prox_states" / "only" / "metrics.jsonl")
+    assert len(got) == 4 and got[0] == want[0] and got[1] != want[1]
+    assert p["params_digest"] != summary["params_digest"]
+
+    def norms(server_dir):
+        rows = [json.loads(line) for line in (server_dir / "metrics.jsonl").read_text().splitlines()]
+        return [r["update_norm"] for r in rows if r["site"] == "only"]
+
+    prox_norms, avg_norms = norms(tmp_path / "prox_server"), norms(tmp_path / "server")
+    assert len(prox_norms) == len(avg_norms) == 2 and all(a < b for a, b in zip(prox_norms, avg_norms))
+
 
 @pytest.mark.slow
 def test_lora_sites_send_only_the_trainable_parameters_and_score_the_global_model(tmp_path):
@@ -104,12 +120,14 @@ def test_lora_sites_send_only_the_trainable_parameters_and_score_the_global_mode
     assert ev["mean"]["mean_dice"] == pytest.approx(np.mean([m["mean_dice"] for m in ev["sites"].values()]))
 
 
-def test_fedprox_and_mae_tasks_are_refused_for_fine_tuning(tmp_path):
+def test_fedprox_with_a_teacher_and_mae_tasks_are_refused_for_fine_tuning(tmp_path):
     from medjax.errors import ConfigError
     from medjax.federated.local import site_config
 
     cfg = _cfg(tmp_path)
+    prox = dataclasses.replace(cfg, federated=dataclasses.replace(cfg.federated, strategy="fedprox"))
+    site_config(prox, "d")  # FedProx fine-tunes
     with pytest.raises(ConfigError, match="fedprox"):
-        site_config(dataclasses.replace(cfg, federated=dataclasses.replace(cfg.federated, strategy="fedprox")), "d")
+        site_config(dataclasses.replace(prox, finetune=dataclasses.replace(cfg.finetune, teacher="t")), "d")
     with pytest.raises(ConfigError, match="fine-tuning task"):
         site_config(dataclasses.replace(cfg, task="mae"), "d")
