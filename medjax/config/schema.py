@@ -35,6 +35,7 @@ class DataConfig:
     skip_bad: bool = False  # drop unreadable/invalid volumes (logged once) instead of raising
     shuffle: bool = True  # shuffle records every epoch (seeded)
     val_dir: str = ""  # held-out volumes (folder or manifest) for pretraining's val_loss (train.eval_every); "": none
+    holdout_last: int = 0  # pretraining/distillation skip the last N records (a fine-tuning preset's held-out ones)
 
 
 @dataclass(frozen=True)

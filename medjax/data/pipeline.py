@@ -231,14 +231,26 @@ WORKER_MODES = ("threads", "processes")
 
 
 def load_pipeline_records(cfg: DataConfig) -> tuple[list[dict], bool]:
-    """The records the pipeline reads and whether they come from a prepared cache (``cfg.cache_dir``)."""
+    """The records the pipeline reads and whether they come from a prepared cache (``cfg.cache_dir``).
+
+    The last ``cfg.holdout_last`` records are left out: an MAE pretrained on the manifest a fine-tuning preset
+    splits (its last ``finetune.val_records`` held out) then never sees the volumes its encoder is scored on.
+    """
     if cfg.cache_dir:
         from medjax.data.cache import open_cache
 
-        return open_cache(cfg.cache_dir, cfg), True
-    from medjax.data.sources import load_records
+        records, cached = open_cache(cfg.cache_dir, cfg), True
+    else:
+        from medjax.data.sources import load_records
 
-    return load_records(cfg.dir, split=cfg.split), False
+        records, cached = load_records(cfg.dir, split=cfg.split), False
+    n = int(cfg.holdout_last)
+    if n:
+        if not 0 < n < len(records):
+            raise ConfigError(f"data.holdout_last={n}: {cfg.cache_dir or cfg.dir} has {len(records)} records; "
+                              "hold out at least 0 and fewer than all of them")
+        records = records[:-n]
+    return records, cached
 
 
 def build_dataset(cfg: DataConfig, *, batch_size: int, seed: int, process_index: int = 0, process_count: int = 1,

@@ -162,7 +162,7 @@ def finetune(cfg, workdir, *, init_from: str | None = None, restart: bool = Fals
     train_recs, val_recs = split_records(cfg)
     manifest = _write_manifest(workdir / "records_train.json", train_recs)
     _write_manifest(workdir / "records_val.json", val_recs)
-    data_cfg = dataclasses.replace(cfg.data, dir=manifest, cache_dir="", split="training")
+    data_cfg = dataclasses.replace(cfg.data, dir=manifest, cache_dir="", split="training", holdout_last=0)
     if cfg.finetune.cache:
         data_cfg = dataclasses.replace(data_cfg, cache_dir=training_cache(data_cfg, workdir, train_recs))
     run_cfg = dataclasses.replace(cfg, data=data_cfg)

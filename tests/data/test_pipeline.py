@@ -126,6 +126,18 @@ def test_process_shards_are_disjoint_and_cover_all(tmp_path):
     assert seen[0] == {1, 3, 5}  # records[0::2]
 
 
+def test_holdout_last_keeps_the_last_records_out(tmp_path):
+    from medjax.errors import ConfigError
+
+    root = write_msd(tmp_path / "const", n=5, shape=(10, 10, 10), constant=True)
+    cfg = cfg_for(root, intensity="none", spacing=(), crop_foreground=False, augment=False,
+                  samples_per_volume=1, crop_size=(4,), holdout_last=2)
+    with make_iterator(cfg, batch_size=1, seed=0, num_epochs=1) as it:
+        assert sorted(_volume_ids(list(it))) == [1, 2, 3]  # volumes 4 and 5 (the last two records) never read
+    with pytest.raises(ConfigError, match="data.holdout_last=5"):
+        make_iterator(replace(cfg, holdout_last=5), batch_size=1, seed=0, num_epochs=1)
+
+
 @pytest.mark.parametrize("workers", [0, pytest.param(2, marks=pytest.mark.slow)])
 def test_restore_mid_epoch_yields_the_remaining_stream(msd, workers):
     cfg = cfg_for(msd, workers=workers)
