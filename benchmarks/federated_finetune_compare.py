@@ -102,7 +102,8 @@ def run_arm(arm: str, base, sites: list[Path], wd: Path, args) -> list[dict]:
                 "epsilon": summary["epsilon"], "delta": summary["delta"]}
         per_site = summary["eval"]["sites"]
         scores = [per_site[f"site-{k}"] for k in range(1, len(sites) + 1)]
-        name = {"fedavg": "FedAvg", "fedprox": f"FedProx (mu {args.mu})", "personalised": f"personalised (local: {args.local_keys})",
+        name = {"fedavg": "FedAvg", "fedprox": f"FedProx (mu {args.mu})",
+                "personalised": f"personalised (local: {args.local_keys})",
                 "dp": f"FedAvg + DP (clip {args.dp_clip}, noise {args.dp_noise})"}[arm]
         rows.append((name, scores, seconds, info))
     return [{"arm": arm, "name": n, "sites": s, "seconds": sec, **info} for n, s, sec, info in rows]

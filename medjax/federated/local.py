@@ -74,7 +74,16 @@ def check_task(cfg: Config) -> None:
                           f"task={cfg.task!r}; use a fine-tuning preset such as demo_seg or demo_cls")
     if task not in ("pretrain", "finetune"):
         raise ConfigError(f"federated.task={task!r}: use pretrain or finetune")
-    if task == "finetune" and cfg.federated.strategy == "fedprox" and cfg.finetune.teacher:
+    if cfg.federated.strategy == "fedprox":
+        check_proximal(cfg)
+
+
+def check_proximal(cfg: Config) -> None:
+    """ConfigError where FedProx's step cannot be built: the anchor rides in the batch (no micro-batches), and
+    the proximal term is not combined with task distillation."""
+    if cfg.train.grad_accum != 1:
+        raise ConfigError("federated.strategy=fedprox needs train.grad_accum=1")
+    if cfg.federated.task == "finetune" and cfg.finetune.teacher:
         raise ConfigError("federated.strategy=fedprox with finetune.teacher: the proximal term and task "
                           "distillation are not combined in one step; use one of them")
 
@@ -84,8 +93,6 @@ def site_config(cfg: Config, data_dir: str, cache_dir: str = "") -> Config:
     check_task(cfg)
     if cfg.federated.local_steps < 1 or cfg.federated.rounds < 1:
         raise ConfigError("federated.rounds and federated.local_steps must be at least 1")
-    if cfg.federated.strategy == "fedprox" and cfg.train.grad_accum != 1:
-        raise ConfigError("federated.strategy=fedprox needs train.grad_accum=1")
     data = dataclasses.replace(cfg.data, dir=str(data_dir), cache_dir=str(cache_dir))
     train = dataclasses.replace(cfg.train, steps=total_steps(cfg))
     return dataclasses.replace(cfg, data=data, train=train)

@@ -141,12 +141,12 @@ def finetune(cfg, workdir, *, init_from: str | None = None, restart: bool = Fals
     import jax
 
     from medjax.config.overrides import to_dict
-    from medjax.training.digest import params_digest
     from medjax.data.pipeline import make_iterator, to_global_batch
     from medjax.finetune.tasks import build_task_model, check_task, loss_for, prepare_batch
     from medjax.parallel.rules import use_mesh
     from medjax.peft import resolve_method, trainable_mask
     from medjax.peft.checkpoint import base_reference, is_peft_run, restore_run_state, trainable_only
+    from medjax.training.digest import params_digest
     from medjax.training.driver import run_steps
     from medjax.training.optim import make_schedule
     from medjax.training.setup import open_run, prepare_workdir
@@ -306,15 +306,11 @@ def _proximal(cfg, spec, tx, schedule, mu: float, trainable, state0, mesh):
     import jax
 
     from medjax.federated.arrays import travelling_names
-    from medjax.federated.local import prox_step
+    from medjax.federated.local import check_proximal, prox_step
     from medjax.finetune.tasks import loss_for
     from medjax.parallel.rules import use_mesh
 
-    if cfg.finetune.teacher:
-        raise ConfigError("FedProx (federated.strategy=fedprox) and task distillation (finetune.teacher) are not "
-                          "combined in one step; use one of them")
-    if cfg.train.grad_accum != 1:
-        raise ConfigError("federated.strategy=fedprox needs train.grad_accum=1")
+    check_proximal(cfg)
     anchor = jax.tree.map(lambda x: x.copy(), state0.params)
     with use_mesh(mesh, spec.rules):
         fn = prox_step(spec.model_def, tx, schedule, mu, loss_fn=loss_for(cfg), trainable=trainable,
