@@ -106,13 +106,12 @@ def train(msg: Message, context: Context) -> Message:
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
-    """Score the global parameters on the site's own held-out records (fine-tuning runs); reply with aggregate
-    metrics only (``num-val`` and the task's scalar metrics)."""
-    from medjax.federated.local import site_config
-    from medjax.federated.local_finetune import evaluate_global
+    """Score the global parameters on the site's own held-out records (fine-tuning, or pretraining with
+    ``data.holdout_last``); reply with aggregate metrics only (``num-val`` and the task's scalar metrics)."""
+    from medjax.federated.evaluate import evaluate_site
 
     site, data_dir, state_dir, cache_dir, cfg, arrays = _site_request(msg, context)
-    metrics = evaluate_global(site_config(cfg, data_dir, cache_dir), state_dir=state_dir, global_arrays=arrays)
+    metrics = evaluate_site(cfg, data_dir=data_dir, state_dir=state_dir, global_arrays=arrays, cache_dir=cache_dir)
     content = RecordDict({"metrics": MetricRecord({k.replace("_", "-"): (int(v) if k == "num_val" else float(v))
                                                    for k, v in metrics.items()}),
                           "site": ConfigRecord({"name": site})})

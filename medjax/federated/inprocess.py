@@ -46,10 +46,8 @@ class InProcessSites:
 
         from medjax.config.overrides import from_dict
         from medjax.config.schema import Config
-        from medjax.federated.local import site_config
-        from medjax.federated.local_finetune import evaluate_global
+        from medjax.federated.evaluate import evaluate_site
 
         cfg = from_dict(Config, json.loads(config_json))
-        return [(name, evaluate_global(site_config(cfg, data_dir), state_dir=self.state_root / name,
-                                       global_arrays=arrays))
+        return [(name, evaluate_site(cfg, data_dir=data_dir, state_dir=self.state_root / name, global_arrays=arrays))
                 for name, data_dir in sorted(self.sites.items())]

@@ -126,24 +126,16 @@ def evaluate_global(scfg: Config, *, state_dir, global_arrays: dict[str, np.ndar
     """
     import jax
 
-    from medjax.federated.arrays import compile_keys, flatten, is_local, travelling_names
+    from medjax.federated.arrays import flatten, travelling_names
+    from medjax.federated.evaluate import site_view
     from medjax.finetune.evaluate import evaluate_records
     from medjax.finetune.loop import split_records
-    from medjax.training.checkpoint import Checkpointer
 
     _, val = split_records(scfg)
     if not val:
         return {"num_val": 0}
     spec, params, model_state = task_params(scfg)
-    named = flatten(params)
-    pats = compile_keys(scfg.federated.local_keys)
-    if pats and Path(state_dir).is_dir():
-        with Checkpointer(Path(state_dir), read_only=True) as ckpt:
-            if ckpt.latest_step() is not None:
-                saved, _, _ = ckpt.restore_unsharded()
-                own = flatten(saved["params"])
-                named.update({k: own[k] for k in own if k in named and is_local(k, pats)})
-    named.update({k: np.asarray(global_arrays[k]) for k in travelling_names(scfg, params)})
+    named = site_view(scfg, state_dir, flatten(params), global_arrays, travelling_names(scfg, params))
     params = _put(named, params)
     metrics = evaluate_records(scfg, spec.model_def, jax.device_get(params), jax.device_get(model_state), val)
     out = {"num_val": len(val)}

@@ -8,8 +8,9 @@ WORKDIR layout::
     checkpoints/<round>/      {"params": global model (full tree), "server_opt": FedAdam/FedYogi state} + meta
     metrics.jsonl             one record per site and one "global" record per round (format below)
     privacy.json              (dp_clip > 0) epsilon per round and in total at dp_delta
-    eval.json                 (federated.task=finetune) each site's score of the final global model on its own
-                              held-out records, and their mean weighted by the held-out counts
+    eval.json                 (federated.task=finetune, or pretrain with data.holdout_last > 0) each site's score
+                              of the final global model on its own held-out records (medjax.federated.evaluate),
+                              and their mean weighted by the held-out counts
     summary.json              written when the last round is done
     tb/                       TensorBoard scalars (global and per-site loss, epsilon)
 
@@ -224,7 +225,9 @@ class FederatedServer:
                 self.log(f"round {rnd}/{fed.rounds}: loss {loss:.4f} from {len(replies)} site(s) "
                          f"({', '.join(r.site for r in replies)}){eps}, {seconds:.1f} s")
         evaluation = None
-        if fed.task == "finetune" and hasattr(exchange, "evaluate"):
+        from medjax.federated.evaluate import wants_evaluation
+
+        if wants_evaluation(self.cfg) and hasattr(exchange, "evaluate"):
             evaluation = self._evaluate(exchange)
         from medjax.training.digest import params_digest
 

@@ -41,19 +41,22 @@ def check_eval_config(cfg) -> None:
         raise ConfigError(f"train.eval_samples={t.eval_samples}: at least one held-out crop is needed")
 
 
-def fixed_crops(data_cfg, n: int, seed: int) -> np.ndarray:
-    """``n`` crops ``(n, *crop, C)`` float32 from the volumes of ``data_cfg.val_dir``: each volume preprocessed as
-    in training, ``samples_per_volume`` crops drawn per volume with ``np.random.default_rng([seed, i])`` and no
-    augmentation, volumes visited in turn until ``n`` crops are drawn."""
+def fixed_crops(data_cfg, n: int, seed: int, records: list[dict] | None = None) -> np.ndarray:
+    """``n`` crops ``(n, *crop, C)`` float32 from the volumes of ``data_cfg.val_dir`` (or from ``records``, e.g. a
+    federated site's held-out records): each volume preprocessed as in training, ``samples_per_volume`` crops
+    drawn per volume with ``np.random.default_rng([seed, i])`` and no augmentation, volumes visited in turn until
+    ``n`` crops are drawn."""
     import dataclasses
 
     from medjax.data.pipeline import read_sample
     from medjax.data.sources import load_records
     from medjax.data.transforms.recipes import preprocess, random_crops
 
-    records = load_records(data_cfg.val_dir, split=data_cfg.split)
+    if records is None:
+        records = load_records(data_cfg.val_dir, split=data_cfg.split)
     if not records:
-        raise DataError(data_cfg.val_dir, "data.val_dir holds no volumes; point it at held-out volumes")
+        raise DataError(data_cfg.val_dir or data_cfg.dir, "no held-out volumes to score the MAE loss on; point "
+                        "data.val_dir at held-out volumes (or hold some out with data.holdout_last)")
     cfg = dataclasses.replace(data_cfg, augment=False)
     prepared = [preprocess(read_sample({"id": r["id"], "image": r["image"]}, mmap=False), cfg) for r in records]
     crops, rnd = [], 0
@@ -66,12 +69,13 @@ def fixed_crops(data_cfg, n: int, seed: int) -> np.ndarray:
 
 
 class HeldOutLoss:
-    """The MAE loss on fixed held-out crops (see module doc); ``__call__(state) -> float``."""
+    """The MAE loss on fixed held-out crops (see module doc); ``__call__(state) -> float``, or
+    :meth:`of_params` for bare parameters. ``records``: score these volumes instead of ``data.val_dir``'s."""
 
-    def __init__(self, cfg, spec):
+    def __init__(self, cfg, spec, records: list[dict] | None = None):
         import jax
 
-        self.images = fixed_crops(cfg.data, cfg.train.eval_samples, cfg.train.seed)
+        self.images = fixed_crops(cfg.data, cfg.train.eval_samples, cfg.train.seed, records)
         self.batch = max(1, min(cfg.train.batch_size, len(self.images)))
         pad = (-len(self.images)) % self.batch
         self.valid = len(self.images)
@@ -90,6 +94,10 @@ class HeldOutLoss:
 
     def __call__(self, state) -> float:
         """Mean MAE loss over the held-out crops (each batch's loss weighted by its real crops)."""
+        return self.of_params(state.params, state.model_state)
+
+    def of_params(self, params, model_state) -> float:
+        """:meth:`__call__` for a parameter and model-state tree of the spec's model."""
         import jax
 
         from medjax.parallel.rules import use_mesh
@@ -97,7 +105,7 @@ class HeldOutLoss:
         losses, weights = [], []
         with use_mesh(self._mesh, self._rules):
             for i in range(0, len(self.images), self.batch):
-                losses.append(self._fn(state.params, state.model_state, self.images[i:i + self.batch], i))
+                losses.append(self._fn(params, model_state, self.images[i:i + self.batch], i))
                 weights.append(min(self.batch, self.valid - i))
         vals = np.asarray(jax.device_get(losses), np.float64)  # one read for all batches
         return float((vals * np.asarray(weights)).sum() / sum(weights))

@@ -18,22 +18,34 @@ def _records(path, key="round"):
 
 def test_one_site_with_all_data_equals_centralised_training(site_dirs, tmp_path):
     from medjax.config import apply_overrides
+    from medjax.data.sources import load_records
     from medjax.federated.inprocess import InProcessSites
     from medjax.federated.server import FederatedServer
     from medjax.training.pretraining import pretrain
 
     data = site_dirs[1]
-    cfg = tiny_cfg(data, "federated.rounds=2")
-    central = pretrain(apply_overrides(cfg, ["train.steps=4"]), tmp_path / "central", progress=False)
+    # the site holds its last volume out; the centralised run trains on the same two and scores the third
+    cfg = tiny_cfg(data, "federated.rounds=2", "data.holdout_last=1", "train.eval_samples=6")
+    held = tmp_path / "held.json"
+    held.write_text(json.dumps([{"id": r["id"], "image": r["image"]} for r in load_records(data)[-1:]]))
+    central = pretrain(apply_overrides(cfg, ["train.steps=4", f"data.val_dir={held}", "train.eval_every=4"]),
+                       tmp_path / "central", progress=False)
     with FederatedServer(cfg, tmp_path / "server", log=lambda s: None) as server:
         summary = server.run(InProcessSites({"only": data}, tmp_path / "states"))
     assert summary["rounds"] == 2
     # step for step: same losses (the site's own log) and the same final parameters, bit for bit
-    want = [r["loss"] for r in _records(tmp_path / "central" / "metrics.jsonl")]
+    central_log = _records(tmp_path / "central" / "metrics.jsonl")
+    want = [r["loss"] for r in central_log if "loss" in r]
     got = [r["loss"] for r in _records(tmp_path / "states" / "only" / "metrics.jsonl")]
     assert len(want) == len(got) == 4
     assert got == want
     assert summary["params_digest"] == central["params_digest"]
+    # the site scored the global model on its held-out volume: the centralised run's held-out MAE loss
+    val = [r["val_loss"] for r in central_log if "val_loss" in r]
+    ev = json.loads((tmp_path / "server" / "eval.json").read_text())
+    assert ev == summary["eval"] and ev["num_val"] == 1 and ev["sites"]["only"]["num_val"] == 1
+    assert set(ev["sites"]["only"]) == {"num_val", "val_loss"}  # aggregate numbers only
+    assert ev["sites"]["only"]["val_loss"] == pytest.approx(val[-1], rel=1e-6) and ev["mean"]["val_loss"] > 0
 
 
 def _run(cfg, workdir, states, sites, *, drop=None, crash_after_round=None):
