@@ -59,6 +59,18 @@ def pooled_manifest(sites: list[Path], val_per_site: int, path: Path) -> Path:
     return path
 
 
+def demo_sites(demo: str, out: Path, n: int) -> list[Path]:
+    """The ``by-site`` split of ``demo`` into ``out/site-1..n`` (seed 0), written once: a later invocation on the
+    same WORKDIR (another arm or seed) reuses it when every site's ``site.json`` names the same split."""
+    from medjax.data.demo_sites import split_demo_sites
+
+    sites = [out / f"site-{k}" for k in range(1, n + 1)]
+    meta = [json.loads((s / "site.json").read_text()) if (s / "site.json").is_file() else {} for s in sites]
+    if all(m.get("partition") == "by-site" and m.get("seed") == 0 and m.get("sites") == n for m in meta):
+        return sites
+    return split_demo_sites(demo, out, n, "by-site", 0)
+
+
 def score_run(cfg, sites: list[Path], run_dir: Path) -> list[dict]:
     """Each site's held-out metrics for the latest parameters of the single-run (non-federated) ``run_dir``."""
     from medjax.federated.arrays import flatten
@@ -137,8 +149,11 @@ def table(results: list[dict], metric: str, n_sites: int) -> list[str]:
              "same seed | seeds | s/run | bytes/site/round | epsilon |",
              "| --- |" + " --- |" * (n_sites + 6)]
 
-    def overall(r):
-        return np.average([s.get(metric, np.nan) for s in r["sites"]], weights=[s["num_val"] for s in r["sites"]])
+    def overall(r):  # sites where the metric is undefined (e.g. an AUROC without positives) do not count
+        scored = [s for s in r["sites"] if np.isfinite(s.get(metric, np.nan))]
+        if not scored:
+            return np.nan
+        return np.average([s[metric] for s in scored], weights=[s["num_val"] for s in scored])
 
     central = {r["seed"]: overall(r) for r in results if r["arm"] == "centralised"}
 
@@ -185,10 +200,9 @@ def main() -> None:
     args = ap.parse_args()
 
     from medjax.config import apply_overrides, get_preset
-    from medjax.data.demo_sites import split_demo_sites
 
     wd = Path(args.workdir)
-    sites = [] if args.report else split_demo_sites(args.demo, wd / "data", args.sites, "by-site", 0)
+    sites = [] if args.report else demo_sites(args.demo, wd / "data", args.sites)
     preset = get_preset(args.config)
     metric = args.metric or {"mae": "val_loss", "segmentation": "mean_dice", "classification": "auroc",
                              "detection": "ap_iou0.1"}[preset.task]
@@ -231,7 +245,7 @@ def main() -> None:
              f"{args.val_per_site} volumes of every site (no arm trained on them). Metric: `{metric}` per site"
              + (" (the MAE loss on fixed crops and masks of them, lower is better)" if preset.task == "mae" else "")
              + "; "
-             "overall = mean over sites weighted by held-out volumes; mean ± std over seeds "
+             "overall = mean over the sites where it is defined, weighted by held-out volumes; mean ± std over seeds "
              f"{', '.join(map(str, sorted({r['seed'] for r in done})))}. "
              "Produced by `benchmarks/federated_compare.py`.", "",
              *table(done, metric, args.sites)]
