@@ -31,7 +31,9 @@ def test_two_sites_two_rounds_on_loopback(site_dirs, tmp_path):
     from medjax.federated.simulate import simulate
 
     workdir, audit = tmp_path / "run", tmp_path / "audit"
-    cfg = tiny_cfg(site_dirs[0], "federated.rounds=2", "federated.min_sites=1", "federated.round_timeout=30")
+    # each site holds its last volume out: after the last round the sites score the global MAE on it
+    cfg = tiny_cfg(site_dirs[0], "federated.rounds=2", "federated.min_sites=1", "federated.round_timeout=30",
+                   "data.holdout_last=1", "train.eval_samples=2")
     stop, threads, lines = threading.Event(), [], []
 
     def hook(dep):  # site-2 dies after round 1: round 2 must go on with site-1 alone
@@ -61,6 +63,11 @@ def test_two_sites_two_rounds_on_loopback(site_dirs, tmp_path):
         assert {"round", "site", "loss", "num_examples", "epsilon", "seconds", "bytes_sent"} <= set(r)
         assert r["bytes_sent"] > 0
     assert (workdir / "checkpoints" / "2").is_dir()
+    # the evaluation message went to the living site only (site-2 is dead) and came back as aggregates
+    ev = json.loads((workdir / "eval.json").read_text())
+    assert ev["round"] == 2 and list(ev["sites"]) == ["site-1"] and ev["num_val"] == 1
+    assert set(ev["sites"]["site-1"]) == {"num_val", "val_loss"} and ev["sites"]["site-1"]["val_loss"] > 0
+    assert ev["mean"]["val_loss"] == ev["sites"]["site-1"]["val_loss"] and summary["eval"] == ev
 
     # what each site's ClientApp processes opened: its own data, never the other site's
     mine = {"site-1": str(Path(site_dirs[0]).absolute()), "site-2": str(Path(site_dirs[1]).absolute())}
