@@ -159,6 +159,8 @@ def table(results: list[dict], metric: str, n_sites: int) -> list[str]:
 
     def fmt(v):
         v = np.asarray(v, dtype=float)
+        if not np.isfinite(v).any():
+            return "undefined"
         return f"{v.mean():.3f} ± {v.std(ddof=1):.3f}" if v.size > 1 else f"{v.mean():.3f}"
 
     for name in names:
