@@ -213,6 +213,7 @@ def bench_train(cfg, *, steps: int = 10, batch: int | None = None, peak: float |
         "dtype": cfg.model.dtype,
         "attention": cfg.model.attention,
         "cpu_threads": threads,
+        "cpu_cores": len(os.sched_getaffinity(0)),  # the cores this process may run on (pinned by --threads)
         "load_avg": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         **_model_options(cfg),
         "params": int(count_params(runner.state.params)),

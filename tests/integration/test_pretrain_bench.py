@@ -41,6 +41,22 @@ class _Dev:
         self.device_kind = kind
 
 
+def test_bench_train_threads_pins_the_process_to_that_many_cores():
+    """``--threads 1`` must really run on one core: XLA's flags alone leave its CPU runtime on every core."""
+    def cmd(threads):
+        return [sys.executable, "-m", "medjax", "bench", "train", "--config", "mae2d_vitb16_224",
+                "--threads", str(threads), *TINY_BENCH, "data.crop_size=32,32"]
+
+    p = subprocess.run(cmd(1), capture_output=True, text=True, timeout=600, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert p.returncode == 0, p.stderr[-2000:]
+    r = json.loads(p.stdout.strip().splitlines()[-1])
+    assert r["cpu_threads"] == 1 and r["cpu_cores"] == 1
+    too_many = len(os.sched_getaffinity(0)) + 1
+    p = subprocess.run(cmd(too_many), capture_output=True, text=True, timeout=600,
+                       env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert p.returncode != 0 and f"--threads {too_many}: this process may use only" in p.stderr
+
+
 def test_peak_lookup():
     assert peak_tflops(_Dev("NVIDIA H100 80GB HBM3")) == 989.0
     assert peak_tflops(_Dev("TPU v5p")) == 459.0
