@@ -16,6 +16,7 @@ import optax
 from medjax.config.schema import TrainConfig
 from medjax.errors import ConfigError
 from medjax.parallel.sharding import path_str  # one definition of key-path strings
+from medjax.training.gated_adamw import GatedTransformation, clip_by_global_norm, gated_adamw
 
 # Path fragments (lower-case) of parameters that get no weight decay: normalisation scales and biases, the
 # CLS token, position embeddings and MAE mask tokens. Vectors (ndim <= 1) are never decayed either.
@@ -113,12 +114,17 @@ def make_optimizer(
 ) -> optax.GradientTransformation:
     """AdamW(``b1``, ``b2``, decoupled ``weight_decay`` masked by :func:`decay_mask`) after global-norm clipping
     (``grad_clip``; 0 disables), with the :func:`make_schedule` learning rate. ``lr_multipliers`` (a pytree of
-    scalars, e.g. from :func:`layerwise_lr_decay`) scales the final updates per parameter."""
+    scalars, e.g. from :func:`layerwise_lr_decay`) scales the final updates per parameter.
+
+    The result is a :class:`~medjax.training.gated_adamw.GatedTransformation`: ``update(..., apply=ok)`` keeps
+    the state exactly when ``ok`` is False (the train step's non-finite guard), and its state is that of
+    ``optax.chain(clip_by_global_norm, adamw)``."""
     schedule = schedule or make_schedule(train)
     parts = []
     if train.grad_clip and train.grad_clip > 0:
-        parts.append(optax.clip_by_global_norm(train.grad_clip))
-    parts.append(optax.adamw(schedule, b1=train.b1, b2=train.b2, weight_decay=train.weight_decay, mask=decay_mask))
+        parts.append(clip_by_global_norm(train.grad_clip))
+    parts.append(gated_adamw(schedule, b1=train.b1, b2=train.b2, weight_decay=train.weight_decay, mask=decay_mask))
     if lr_multipliers is not None:
         parts.append(scale_by_tree(lr_multipliers))
-    return optax.chain(*parts)
+    tx = optax.chain(*parts)
+    return GatedTransformation(tx.init, tx.update)
