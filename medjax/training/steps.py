@@ -9,8 +9,8 @@ state are kept, the step still advances and ``nonfinite_count`` grows by one (it
 verdict is known before the optimizer runs, so medjax's optimizer (a
 :class:`~medjax.training.gated_adamw.GatedTransformation`) is told to skip the step and keeps its moments itself,
 in the same pass that would update them; only the parameters are selected. Checking the update's norm and then
-selecting the old optimizer state made XLA add two passes and copy both moments every step (3D bench shape:
-13.6 → 18 samples/s for the early verdict, → 23 without the copies; the losses agree to rounding). The verdict is
+selecting the old optimizer state made XLA add two passes and copy both moments every step (3D bench step
+on 2 cores: 15.9 → 21.6 samples/s for both changes; the losses agree to rounding). The verdict is
 as strict as checking the update itself: with finite parameters and moments (which the guard keeps), a finite
 gradient norm and a finite learning rate, AdamW's update is bounded by the learning rate times a constant near
 30 plus its weight decay, so it is finite (only a learning rate above ~1e36 could overflow it). Other optax
