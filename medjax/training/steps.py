@@ -135,7 +135,8 @@ def train_step_fn(model_def: ModelDef, tx: optax.GradientTransformation, schedul
             grads = jax.tree.map(lambda g: g / grad_accum, grads)
         grad_norm = optax.tree.norm(grads)
         # the update is finite when these are (module docstring); checking its norm instead costs two more passes
-        ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(schedule(state.step))
+        lr = jnp.asarray(schedule(state.step), jnp.float32)
+        ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(lr)
         count = jnp.where(ok, 0, state.nonfinite_count + 1).astype(jnp.int32)
         advance = jnp.ones((), state.step.dtype)
         if max_nonfinite is not None:
@@ -160,7 +161,7 @@ def train_step_fn(model_def: ModelDef, tx: optax.GradientTransformation, schedul
         metrics = {
             "loss": loss,
             "grad_norm": grad_norm,
-            "lr": jnp.asarray(schedule(state.step), jnp.float32),
+            "lr": lr,
             "nonfinite_count": count,
         }
         return new_state, metrics

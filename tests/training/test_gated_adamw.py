@@ -11,8 +11,9 @@ import numpy as np
 import optax
 import pytest
 
-from medjax.training.gated_adamw import GatedTransformation, clip_by_global_norm, gated_adamw
-from medjax.training.optim import decay_mask
+from medjax.config.schema import TrainConfig
+from medjax.training.gated_adamw import GatedTransformation
+from medjax.training.optim import decay_mask, make_optimizer
 
 B1, B2, WD, CLIP = 0.9, 0.95, 0.05, 1.0
 
@@ -33,9 +34,10 @@ def _grads(seed, scale=1.0):
     return jax.tree.map(lambda p: jnp.asarray(scale * rng.standard_normal(p.shape), jnp.float32), _params())
 
 
-def _gated():
-    tx = optax.chain(clip_by_global_norm(CLIP), gated_adamw(_schedule, b1=B1, b2=B2, weight_decay=WD, mask=decay_mask))
-    return GatedTransformation(tx.init, tx.update)
+def _gated():  # medjax's optimizer, as every run builds it
+    tx = make_optimizer(TrainConfig(b1=B1, b2=B2, weight_decay=WD, grad_clip=CLIP), schedule=_schedule)
+    assert isinstance(tx, GatedTransformation)
+    return tx
 
 
 def _reference():
