@@ -28,6 +28,7 @@ class DataConfig:
     ct_window: tuple[float, float] = (-1000.0, 1000.0)  # HU range clipped and scaled to [0, 1] when intensity="ct"
     crop_foreground: bool = True  # crop to the foreground bounding box before random crops
     samples_per_volume: int = 2  # random crops drawn from each volume per epoch
+    foreground_position: str = "centre"  # labelled data: where a crop drawn on a foreground voxel puts it, "centre" or "anywhere" (uniform in the crop: window classifiers then see objects where sliding windows do)
     slice_axis: int = 2  # for spatial_dims=2: the volume axis slices are drawn along (after reorientation)
     augment: bool = True  # random flips, 90-degree rotations and intensity jitter
     workers: int = 2  # parallel read workers (threads by default; 0: read in the calling thread)

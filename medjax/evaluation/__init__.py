@@ -24,6 +24,7 @@ from medjax.evaluation.detection import (
 from medjax.evaluation.segmentation import (
     dice,
     foreground_labels,
+    global_dice,
     hausdorff,
     hd95,
     nsd,
@@ -56,6 +57,7 @@ __all__ = [
     "froc",
     "froc_curve",
     "froc_sensitivity",
+    "global_dice",
     "hausdorff",
     "hd95",
     "importance_map",

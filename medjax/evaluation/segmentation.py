@@ -133,12 +133,29 @@ def dice(pred, ref, *, empty: str = "perfect") -> float:
     Returns 0.0 when exactly one mask is empty; when both are, 1.0 with ``empty="perfect"`` and NaN with
     ``empty="nan"`` (module docstring).
     """
-    check_empty(empty)
+    return dice_from_counts(*overlap_counts(pred, ref), empty=empty)
+
+
+def global_dice(pairs, *, empty: str = "perfect") -> float:
+    """Dice pooled over cases, ``2·Σ|P∩R| / (Σ|P| + Σ|R|)`` for ``(pred, ref)`` mask pairs: large and small
+    cases count by their voxels, and a case with an empty reference adds only its false positives (the
+    "Dice global" of lesion benchmarks). Both sums empty: as :func:`dice`."""
+    return dice_from_counts(*np.sum([overlap_counts(p, r) for p, r in pairs], axis=0, dtype=np.int64),
+                            empty=empty) if pairs else float("nan")
+
+
+def overlap_counts(pred, ref) -> tuple[int, int, int]:
+    """``(|P∩R|, |P|, |R|)`` voxel counts of two binary masks of the same shape."""
     p, r = _pair(pred, ref)
-    denom = int(p.sum()) + int(r.sum())
-    if denom == 0:
+    return int(np.logical_and(p, r).sum()), int(p.sum()), int(r.sum())
+
+
+def dice_from_counts(intersection: int, pred: int, ref: int, *, empty: str = "perfect") -> float:
+    """Dice from voxel counts (of one case, or summed over cases); both empty: as :func:`dice`."""
+    check_empty(empty)
+    if pred + ref == 0:
         return 1.0 if empty == "perfect" else float("nan")
-    return 2.0 * int(np.logical_and(p, r).sum()) / denom
+    return 2.0 * float(intersection) / float(pred + ref)
 
 
 def surface_voxels(mask) -> np.ndarray:

@@ -1,6 +1,10 @@
 """Held-out evaluation of a fine-tuned model on whole volumes (preprocessed grid, as in training).
 
 - segmentation: Dice per foreground label (mean over volumes) and their mean, from sliding-window predictions;
+  and the global Dice per label, 2·ΣTP / (Σpredicted + Σreference) with the sums over every held-out volume
+  (``global_dice``: the mean over labels; the "Dice global" of lesion benchmarks such as LiTS). The per-volume
+  mean scores a lesion-free volume 1 or 0 by whether anything is predicted in it, so with small lesions it mostly
+  counts empty predictions; the global Dice measures how much lesion is found, and is 0 when nothing is;
 - classification: accuracy, sensitivity, specificity and AUROC of the volume-level predictions against the
   record's ``class`` (or, with ``class_from_label``, whether its label map holds an object); with
   ``class_from_label`` also the window level (``window_auroc``, ``window_accuracy``, ``windows``,
@@ -57,20 +61,26 @@ def evaluate_records(cfg, model_def, params, model_state, records: list[dict]) -
     ft = cfg.finetune
     cases = []
     if cfg.task == "segmentation":
-        from medjax.evaluation.segmentation import dice
+        from medjax.evaluation.segmentation import dice_from_counts, overlap_counts
 
         per_label: dict[int, list[float]] = {k: [] for k in range(1, ft.num_classes)}
+        sums = {k: np.zeros(3, np.int64) for k in per_label}  # (true positives, predicted, reference) voxels
         for r in records:
             s = preprocess_record(cfg, r)
             labels = pred.segment(s["image"]).argmax(-1)
             ref = np.asarray(s["label"])
-            d = {k: float(dice(labels == k, ref == k)) for k in per_label}
-            for k, v in d.items():
-                per_label[k].append(v)
-            cases.append({"id": r["id"], "dice": d})
+            counts = [(k, overlap_counts(labels == k, ref == k)) for k in per_label]
+            d = {k: dice_from_counts(*c) for k, c in counts}
+            for k, c in counts:
+                per_label[k].append(d[k])
+                sums[k] += c
+            cases.append({"id": r["id"], "dice": d,
+                          "voxels": {str(k): {"predicted": c[1], "reference": c[2]} for k, c in counts}})
         means = {str(k): float(np.nanmean(v)) for k, v in per_label.items()}
+        glob = {str(k): dice_from_counts(*c) for k, c in sums.items()}
         return {"task": "segmentation", "mean_dice": float(np.nanmean(list(means.values()))),
-                "dice_per_label": means, "cases": cases}
+                "dice_per_label": means, "global_dice": float(np.mean(list(glob.values()))),
+                "global_dice_per_label": glob, "cases": cases}
     if cfg.task == "classification":
         from medjax.evaluation.classification import accuracy, auroc, sensitivity, specificity
 

@@ -69,10 +69,14 @@ class Encoder:
 
     def embed(self, windows: np.ndarray, pool: str) -> np.ndarray:
         """Pooled features ``(N, D)`` float32 of windows ``(N, *window, C)``."""
+        return self.embed_pools(windows, (pool,))[pool]
+
+    def embed_pools(self, windows: np.ndarray, pools: tuple[str, ...]) -> dict[str, np.ndarray]:
+        """``{pool: (N, D) float32}`` of windows ``(N, *window, C)``, every pool from one forward pass."""
         import jax
 
         out = jax.device_get(self._fn(self.params, np.asarray(windows, np.float32)))
-        return np.asarray(out[pool], np.float32)
+        return {p: np.asarray(out[p], np.float32) for p in pools}
 
 
 _FORWARD: dict = {}  # (model config, spatial dims, window) -> (model_def, jitted pooled forward): compiled once
@@ -180,17 +184,25 @@ def model_inputs(volume: np.ndarray, spatial_dims: int, slice_axis: int = 2) -> 
 
 def window_features(encoders: list[Encoder], inputs: np.ndarray, positions: list, window, pool: str,
                     batch: int = 8) -> list[np.ndarray]:
-    """Per encoder, the pooled features ``(W, D)`` float32 of the windows at ``positions`` of ``inputs``.
+    """Per encoder, the pooled features ``(W, D)`` float32 of the windows at ``positions`` of ``inputs``."""
+    return [f[pool] for f in window_features_by_pool(encoders, inputs, positions, window, (pool,), batch)]
+
+
+def window_features_by_pool(encoders: list[Encoder], inputs: np.ndarray, positions: list, window,
+                            pools: tuple[str, ...], batch: int = 8) -> list[dict[str, np.ndarray]]:
+    """Per encoder, ``{pool: (W, D) float32}`` for the windows at ``positions`` of ``inputs``: every pool comes
+    from the same forward pass, so probing several pools costs one embedding of the windows.
 
     Windows go through the encoders in batches of ``batch`` (the last one zero-padded: one compilation per
     window shape)."""
     window = tuple(int(w) for w in window)
-    outs: list[list[np.ndarray]] = [[] for _ in encoders]
+    outs: list[dict[str, list[np.ndarray]]] = [{p: [] for p in pools} for _ in encoders]
     for i in range(0, len(positions), batch):
         chunk = positions[i:i + batch]
         wins = np.stack([inputs[(n, *(slice(s, s + w) for s, w in zip(st, window)))] for n, st in chunk])
         if len(chunk) < batch:
             wins = np.concatenate([wins, np.zeros((batch - len(chunk), *wins.shape[1:]), wins.dtype)])
         for k, enc in enumerate(encoders):
-            outs[k].append(enc.embed(wins, pool)[: len(chunk)])
-    return [np.concatenate(o) if o else np.zeros((0, 0), np.float32) for o in outs]
+            for p, f in enc.embed_pools(wins, pools).items():
+                outs[k][p].append(f[: len(chunk)])
+    return [{p: np.concatenate(v) if v else np.zeros((0, 0), np.float32) for p, v in o.items()} for o in outs]

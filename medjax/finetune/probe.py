@@ -17,8 +17,11 @@ samples). Metrics: accuracy and AUROC (:func:`medjax.evaluation.auroc`; of class
 
 The baseline every pretrained encoder must beat is the same architecture at random initialisation (one probe
 per seed). The verdict compares the headline metric (window AUROC when windows have targets, else volume AUROC):
-``beats`` when the pretrained mean exceeds the random-init mean by more than 3 standard deviations of the
-random-init seeds (and by more than 0), ``does-not-beat`` when it is not above it, else ``unclear``.
+``beats`` when the pretrained mean exceeds the random-init mean by more than 3 standard deviations (and by more
+than 0), ``does-not-beat`` when it is not above it, else ``unclear``. The standard deviation is pooled over both
+arms' seeds, sqrt((s_p^2 + s_r^2) / 2), when several pretrained encoders (e.g. MAE seeds) are probed, so that
+the MAE's own seed-to-seed spread counts; with one pretrained encoder it is the random-init seeds' std, and the
+text says that the pretrained spread is unmeasured.
 """
 
 from __future__ import annotations
@@ -80,20 +83,22 @@ def prepare(cfg, records: list[dict]) -> list[dict]:
     return out
 
 
-def embed(prepared: list[dict], encoders: list, pool: str) -> list[dict]:
-    """Per prepared record: ``id``, ``y``, ``wy``, ``feats`` (per encoder ``(W, D)`` float32 window features)."""
-    from medjax.finetune.features import window_features
+def embed(prepared: list[dict], encoders: list, pools: tuple[str, ...]) -> list[dict]:
+    """Per prepared record: ``id``, ``y``, ``wy``, ``feats`` (per encoder ``{pool: (W, D) float32}`` window
+    features, every pool from one forward pass)."""
+    from medjax.finetune.features import window_features_by_pool
 
     return [{"id": p["id"], "y": p["y"], "wy": p["wy"],
-             "feats": window_features(encoders, p["inputs"], p["positions"], p["window"], pool, batch=p["batch"])}
+             "feats": window_features_by_pool(encoders, p["inputs"], p["positions"], p["window"], pools,
+                                              batch=p["batch"])}
             for p in prepared]
 
 
-def collect(cfg, encoders: list, records: list[dict], pool: str) -> list[dict]:
+def collect(cfg, encoders: list, records: list[dict], pools: tuple[str, ...]) -> list[dict]:
     """:func:`prepare` then :func:`embed`, one record at a time (only one volume's inputs in memory)."""
     out = []
     for r in records:
-        out += embed(prepare(cfg, [r]), encoders, pool)
+        out += embed(prepare(cfg, [r]), encoders, pools)
     return out
 
 
@@ -109,24 +114,28 @@ def _metrics(scores: np.ndarray, y: np.ndarray, fit: dict) -> dict:
             "positives": int((y > 0).sum()), "lambda": fit["lambda"]}
 
 
-def probe_one(k: int, train: list[dict], test: list[dict], kind: str, num_classes: int, knn_k: int) -> dict:
-    """Metrics per level of encoder ``k``'s features (see module doc)."""
+def probe_one(k: int, train: list[dict], test: list[dict], kind: str, num_classes: int, knn_k: int,
+              pool: str = "mean") -> dict:
+    """Metrics per level of encoder ``k``'s ``pool`` features (see module doc)."""
     from medjax.finetune.probe_fit import fit_and_score
+
+    def feats(r):
+        return r["feats"][k][pool]
 
     out = {}
     if all(r["wy"] is not None for r in train + test):
-        x = np.concatenate([r["feats"][k] for r in train])
+        x = np.concatenate([feats(r) for r in train])
         y = np.concatenate([r["wy"] for r in train])
         g = np.concatenate([np.full(len(r["wy"]), i) for i, r in enumerate(train)])
-        tx = np.concatenate([r["feats"][k] for r in test])
+        tx = np.concatenate([feats(r) for r in test])
         ty = np.concatenate([r["wy"] for r in test])
         if len(np.unique(y)) > 1:
             fit = fit_and_score(kind, x, y, g, tx, num_classes, knn_k)
             out["window"] = _metrics(fit["scores"], ty, fit)
-    vx = np.stack([r["feats"][k].mean(0) for r in train])
+    vx = np.stack([feats(r).mean(0) for r in train])
     vy = np.asarray([r["y"] for r in train])
     if len(np.unique(vy)) > 1:
-        fit = fit_and_score(kind, vx, vy, np.arange(len(vy)), np.stack([r["feats"][k].mean(0) for r in test]),
+        fit = fit_and_score(kind, vx, vy, np.arange(len(vy)), np.stack([feats(r).mean(0) for r in test]),
                             num_classes, knn_k)
         out["volume"] = _metrics(fit["scores"], np.asarray([r["y"] for r in test]), fit)
     return out
@@ -155,6 +164,17 @@ def _summarise(runs: list[dict]) -> dict:
     return out
 
 
+def _spread(p: dict, r: dict) -> tuple[float, str]:
+    """The std the margin is measured in: pooled over both arms, sqrt((s_p^2 + s_r^2) / 2), when both have at least
+    two seeds; else the random-init seeds' std (one pretrained encoder has no measured spread)."""
+    n_p = sum(v is not None for v in p["values"])
+    n_r = sum(v is not None for v in r["values"])
+    if n_p > 1 and n_r > 1:
+        return math.sqrt(((p["std"] or 0.0) ** 2 + (r["std"] or 0.0) ** 2) / 2), \
+            f"pooled std ({n_p} pretrained, {n_r} random-init seeds)"
+    return r["std"] or 0.0, f"std of the {n_r} random-init seed{'s' if n_r != 1 else ''}"
+
+
 def verdict(result: dict) -> dict:
     """Pretrained vs random init on the headline metric (see module doc); ``text`` names the numbers."""
     pre, rnd = result.get("pretrained"), result.get("random_init")
@@ -167,13 +187,13 @@ def verdict(result: dict) -> dict:
     if p["mean"] is None or r["mean"] is None:
         return {"status": "no-comparison", "text": f"{level} AUROC undefined (one class only in held-out data)"}
     delta = p["mean"] - r["mean"]
-    sd = r["std"] or 0.0
+    sd, sd_name = _spread(p, r)
     n_r = sum(v is not None for v in r["values"])
     margin = delta / sd if sd > 0 else (math.inf if delta > 0 else -math.inf if delta < 0 else 0.0)
     nums = (f"{level} AUROC pretrained {p['mean']:.3f}"
             + (f" ± {p['std']:.3f}" if len(p["values"]) > 1 else "")
-            + f" vs random init {r['mean']:.3f} ± {sd:.3f} ({n_r} seeds): {delta:+.3f}"
-            + (f" = {margin:+.1f} std" if math.isfinite(margin) else ""))
+            + f" vs random init {r['mean']:.3f} ± {r['std'] or 0.0:.3f} ({n_r} seeds): {delta:+.3f}"
+            + (f" = {margin:+.1f} {sd_name}" if math.isfinite(margin) else ""))
     if delta > 0 and margin > MARGIN_STD:
         status, text = "beats", f"the pretrained encoder beats random initialisation: {nums}"
     elif delta <= 0:
@@ -185,70 +205,90 @@ def verdict(result: dict) -> dict:
                 "the checkpoint's config against the preset)")
     else:
         status = "unclear"
-        text = (f"the pretrained encoder is ahead of random initialisation but within {MARGIN_STD:g} std "
-                f"of the random-init seeds: {nums}")
+        text = (f"the pretrained encoder is ahead of random initialisation but within {MARGIN_STD:g} "
+                f"{sd_name}: {nums}")
         if n_r < 2:
             text += "; probe more random-init seeds (--seeds 0 1 2) to measure their spread"
+    if status != "no-comparison" and len(p["values"]) < 2:
+        text += ("; one pretrained encoder: its own seed-to-seed spread is not measured (give several "
+                 "--checkpoint runs)")
     return {"status": status, "level": level, "metric": "auroc", "delta": delta,
-            "margin_std": margin if math.isfinite(margin) else None, "text": text}
+            "margin_std": margin if math.isfinite(margin) else None, "std_used": sd_name, "text": text}
 
 
 def probe(cfg, checkpoints=(), *, kind: str = "linear", random_init: bool = False, seeds=(0,),
           pool: str = "mean", knn_k: int = 20, baseline: bool = True) -> dict:
-    """Probe the encoders of ``checkpoints`` (and/or random initialisations) on ``cfg``'s task.
+    """One probe (``kind`` on ``pool`` features); see :func:`probe_grid`, whose single result this returns."""
+    return probe_grid(cfg, checkpoints, kinds=(kind,), pools=(pool,), random_init=random_init, seeds=seeds,
+                      knn_k=knn_k, baseline=baseline)[0]
+
+
+def probe_grid(cfg, checkpoints=(), *, kinds=("linear",), pools=("mean",), random_init: bool = False, seeds=(0,),
+               knn_k: int = 20, baseline: bool = True) -> list[dict]:
+    """Probe the encoders of ``checkpoints`` (and/or random initialisations) on ``cfg``'s task, for every probe
+    kind and pooling: the windows are embedded once (every pool from the same forward pass), then each
+    ``(pool, kind)`` is fitted on those features.
 
     Args:
       cfg: a classification config (records, split, windows, targets; see module doc).
       checkpoints: run directories or step folders whose encoders are probed (one result each).
-      kind: ``"linear"`` or ``"knn"``.
+      kinds: probes, each ``"linear"`` or ``"knn"``.
+      pools: window features, each ``"mean"``, ``"max"`` (over the patch tokens) or ``"cls"``.
       random_init: probe only random initialisations (one per seed), no checkpoint.
       seeds: initialisation seeds of the random-init arm.
-      pool: window feature: ``"mean"``, ``"max"`` (over the patch tokens) or ``"cls"``.
       knn_k: neighbours for ``kind="knn"``.
       baseline: with checkpoints, also probe random initialisations (the comparison the verdict needs).
 
-    Returns a JSON-safe dict: ``config``, ``kind``, ``pool``, ``train`` / ``held_out`` (volume ids and window
-    counts), ``pretrained`` and ``random_init`` (each ``runs`` [one per encoder: source/seed, step, loss,
-    ``metrics`` {level: {auroc, accuracy, n, positives, lambda}}] and ``summary`` {level: {metric: {values, mean,
-    std}}}; absent when not probed), ``verdict`` (see :func:`verdict`) and ``seconds``.
+    Returns one JSON-safe dict per ``(pool, kind)``, pools outer: ``config``, ``kind``, ``pool``, ``train`` /
+    ``held_out`` (volume ids and window counts), ``pretrained`` and ``random_init`` (each ``runs`` [one per
+    encoder: source/seed, step, loss, ``metrics`` {level: {auroc, accuracy, n, positives, lambda}}] and
+    ``summary`` {level: {metric: {values, mean, std}}}; absent when not probed), ``verdict`` (see
+    :func:`verdict`) and ``seconds`` (embedding plus this probe's fits).
     """
+    from medjax.evaluation.accumulators import json_safe
     from medjax.finetune.features import check_pool, load_encoder_from, random_encoder
     from medjax.finetune.loop import split_records
 
     t0 = time.time()
     check_probe_config(cfg)
-    if kind not in ("linear", "knn"):
-        raise ConfigError(f"--kind {kind!r}: use linear or knn")
+    kinds, pools = tuple(dict.fromkeys(kinds)), tuple(dict.fromkeys(pools))
+    for kind in kinds:
+        if kind not in ("linear", "knn"):
+            raise ConfigError(f"--kind {kind!r}: use linear or knn")
     checkpoints = [] if random_init else list(checkpoints)
     if not checkpoints and not random_init:
         raise ConfigError("give --checkpoint WORKDIR (a pretraining run) or --random-init")
     encoders = [load_encoder_from(cfg, c) for c in checkpoints]
     arch = encoders[0].cfg if encoders else cfg
-    check_pool(pool, arch)
+    for pool in pools:
+        check_pool(pool, arch)
     if random_init or baseline:
         encoders += [random_encoder(arch, s) for s in seeds]
     train_recs, val_recs = split_records(cfg)
-    train, test = collect(arch, encoders, train_recs, pool), collect(arch, encoders, val_recs, pool)
+    train, test = collect(arch, encoders, train_recs, pools), collect(arch, encoders, val_recs, pools)
+    embed_s = time.time() - t0
     k_cls = max(2, int(cfg.finetune.num_classes))
-    runs = []
-    for k, enc in enumerate(encoders):
-        runs.append({"encoder": enc.name, "source": enc.source, "seed": enc.seed, "step": enc.step, "loss": enc.loss,
-                     "feature_dim": int(train[0]["feats"][k].shape[1]),
-                     "metrics": probe_one(k, train, test, kind, k_cls, knn_k)})
-    out: dict = {"config": cfg.name, "kind": kind, "pool": pool, "variant": arch.model.variant,
-                 "window": list(cfg.data.crop_size), "spacing": list(cfg.data.spacing),
-                 "train": _split_info(train), "held_out": _split_info(test)}
-    pre = [r for r in runs if r["encoder"] == "checkpoint"]
-    rnd = [r for r in runs if r["encoder"] == "random-init"]
-    if pre:
-        out["pretrained"] = {"runs": pre, "summary": _summarise(pre)}
-    if rnd:
-        out["random_init"] = {"runs": rnd, "summary": _summarise(rnd)}
-    out["verdict"] = verdict(out)
-    out["seconds"] = round(time.time() - t0, 1)
-    from medjax.evaluation.accumulators import json_safe
-
-    return json_safe(out)
+    results = []
+    for pool in pools:
+        for kind in kinds:
+            t1 = time.time()
+            runs = [{"encoder": enc.name, "source": enc.source, "seed": enc.seed, "step": enc.step,
+                     "loss": enc.loss, "feature_dim": int(train[0]["feats"][k][pool].shape[1]),
+                     "metrics": probe_one(k, train, test, kind, k_cls, knn_k, pool)}
+                    for k, enc in enumerate(encoders)]
+            out: dict = {"config": cfg.name, "kind": kind, "pool": pool, "variant": arch.model.variant,
+                         "window": list(cfg.data.crop_size), "spacing": list(cfg.data.spacing),
+                         "train": _split_info(train), "held_out": _split_info(test)}
+            pre = [r for r in runs if r["encoder"] == "checkpoint"]
+            rnd = [r for r in runs if r["encoder"] == "random-init"]
+            if pre:
+                out["pretrained"] = {"runs": pre, "summary": _summarise(pre)}
+            if rnd:
+                out["random_init"] = {"runs": rnd, "summary": _summarise(rnd)}
+            out["verdict"] = verdict(out)
+            out["seconds"] = round(embed_s + time.time() - t1, 1)
+            results.append(json_safe(out))
+    return results
 
 
 def _split_info(recs: list[dict]) -> dict:

@@ -38,8 +38,8 @@ class ProbeCallback:
         _, fn = _forward(self.cfg, window_size(self.cfg))
         enc = Encoder(name="checkpoint", source="live", seed=None, step=None, loss=None, cfg=self.cfg,
                       params=jax.device_get(state.params["encoder"]), _fn=fn)
-        train, test = embed(self.train, [enc], "mean"), embed(self.val, [enc], "mean")
-        metrics = probe_one(0, train, test, "linear", max(2, self.cfg.finetune.num_classes), 20)
+        train, test = embed(self.train, [enc], ("mean",)), embed(self.val, [enc], ("mean",))
+        metrics = probe_one(0, train, test, "linear", max(2, self.cfg.finetune.num_classes), 20, "mean")
         return {f"probe_{level}_{k}": m[k] for level, m in metrics.items() for k in ("auroc", "accuracy")}
 
 

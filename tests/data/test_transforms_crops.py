@@ -67,3 +67,23 @@ def test_balanced_crops_fall_back_and_are_deterministic():
     lab = (np.random.default_rng(5).random((16, 16, 16)) > 0.9).astype(np.int16)
     a = [balanced_crop_slices(lab, (6,), np.random.default_rng(11)) for _ in range(3)]
     assert a[0] == a[1] == a[2]
+
+
+def test_foreground_position_centre_or_anywhere_in_the_crop():
+    label = np.zeros((60, 60), np.int16)
+    label[30, 30] = 1  # one foreground voxel, far from the borders
+    def where(position, seed):  # the voxel's position inside the crop
+        box = balanced_crop_slices(label, (8,), np.random.default_rng(seed), pos_fraction=1.0,
+                                   foreground_position=position)
+        return tuple(30 - s.start for s in box)
+
+    assert {where("centre", s) for s in range(50)} == {(4, 4)}  # always mid-crop
+    seen = {where("anywhere", s) for s in range(2000)}
+    assert seen == {(i, j) for i in range(8) for j in range(8)}  # every position of the 8x8 crop is reached
+    # "centre" draws exactly as the function always did: same boxes for the same generator state
+    rng_a, rng_b = np.random.default_rng(9), np.random.default_rng(9)
+    lab = (np.random.default_rng(5).random((16, 16, 16)) > 0.9).astype(np.int16)
+    assert [balanced_crop_slices(lab, (6,), rng_a) for _ in range(20)] == \
+        [balanced_crop_slices(lab, (6,), rng_b, foreground_position="centre") for _ in range(20)]
+    with pytest.raises(ValueError, match="use one of"):
+        balanced_crop_slices(lab, (6,), rng_a, foreground_position="edge")

@@ -79,6 +79,17 @@ def test_dice_cube_shift_and_identity():
     assert seg.nsd(PRED_X, PRED_X, (1.5, 1.0, 3.0), 0.0) == 1.0
 
 
+def test_global_dice_pools_voxels_over_cases():
+    empty = np.zeros_like(PRED_X)
+    # case 1: 9 of 27 voxels overlap (Dice 1/3); case 2: nothing to find, 27 false positives (Dice 0);
+    # case 3: both empty (Dice 1). Pooled: 2*9 / (27 + 27 + 27 + 0) = 2/9, unlike the per-case mean 4/9.
+    pairs = [(PRED_X, REF_X), (PRED_X, empty), (empty, empty)]
+    assert seg.overlap_counts(PRED_X, REF_X) == (9, 27, 27)
+    assert seg.global_dice(pairs) == pytest.approx(2 / 9)
+    assert np.mean([seg.dice(p, r) for p, r in pairs]) == pytest.approx(4 / 9)
+    assert seg.global_dice([(empty, empty)]) == 1.0 and np.isnan(seg.global_dice([(empty, empty)], empty="nan"))
+
+
 def test_2d_squares_shift_y():
     # 3x3 squares, ref shifted +2 along y, spacing (0.5, 2.0) mm. 8 surface pixels each (centre interior).
     # pred -> ref: row y=2 (3 px) at 2*sy = 4.0, y=3 (2 px) at 2.0, y=4 (3 px) at 0. p95 at 0.95*7 = 6.65,

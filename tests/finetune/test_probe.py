@@ -36,7 +36,7 @@ def test_linear_and_knn_fit_separable_features_perfectly_and_deterministically()
 
 
 def test_random_init_probe_is_perfect_on_cube_windows(cube_data):  # noqa: F811
-    from medjax.finetune.probe import probe
+    from medjax.finetune.probe import probe, probe_grid
 
     res = probe(probe_cfg(cube_data), random_init=True, seeds=(0,))
     assert res["train"]["volumes"] == 8 and res["train"]["windows"] == 64 and res["train"]["window_positives"] == 4
@@ -47,6 +47,14 @@ def test_random_init_probe_is_perfect_on_cube_windows(cube_data):  # noqa: F811
         assert r["metrics"]["window"]["auroc"] == 1.0 and r["metrics"]["window"]["accuracy"] == 1.0
         assert r["metrics"]["window"]["n"] == 32 and r["metrics"]["volume"]["n"] == 4
     assert res["verdict"]["status"] == "no-comparison" and "pretrained" not in res
+    # several pools and kinds from one embedding pass: pools outer, kinds inner, and the (mean, linear) result
+    # is the single probe's
+    grid = probe_grid(probe_cfg(cube_data), random_init=True, seeds=(0,), pools=("mean", "max"),
+                      kinds=("linear", "knn"))
+    assert [(g["pool"], g["kind"]) for g in grid] == [("mean", "linear"), ("mean", "knn"), ("max", "linear"),
+                                                      ("max", "knn")]
+    assert grid[0]["random_init"]["runs"][0]["metrics"] == runs[0]["metrics"]
+    assert all(g["random_init"]["runs"][0]["metrics"]["window"]["auroc"] == 1.0 for g in grid)
 
 
 def test_probe_cli_json_schema_and_checkpoint_encoder(cube_data, mae_run, capsys):  # noqa: F811
@@ -87,6 +95,13 @@ def test_verdict_names_the_numbers_when_pretraining_does_not_help():
     v = verdict({"pretrained": arm([0.80], step=1), "random_init": arm([0.62, 0.64, 0.60])})
     assert v["status"] == "beats" and v["margin_std"] == pytest.approx(9.0)
     assert verdict({"pretrained": arm([0.63], step=1), "random_init": arm([0.62, 0.64, 0.60])})["status"] == "unclear"
+    assert "seed-to-seed spread is not measured" in v["text"] and v["std_used"] == "std of the 3 random-init seeds"
+    # several pretrained encoders: the margin is in the std pooled over both arms, so the MAE's own spread counts.
+    # (0.76, 0.64) vs (0.62, 0.64, 0.60): +0.08 is 4.0 random-init std but sqrt((0.0072 + 0.0004) / 2) = 0.0616
+    # pooled, 1.3 std
+    v = verdict({"pretrained": arm([0.76, 0.64], step=1), "random_init": arm([0.62, 0.64, 0.60])})
+    assert v["status"] == "unclear" and v["margin_std"] == pytest.approx(0.08 / np.sqrt(0.0038))
+    assert v["std_used"] == "pooled std (2 pretrained, 3 random-init seeds)" and "+1.3 pooled std" in v["text"]
 
 
 def test_features_command_writes_embeddings_and_index(cube_data, mae_run, tmp_path):  # noqa: F811

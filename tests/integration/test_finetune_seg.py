@@ -30,6 +30,9 @@ def test_finetune_then_predict_original_space(tmp_path):
     assert set(case_dice) == set(ev["dice_per_label"]) == {"1"}  # one foreground label
     assert ev["dice_per_label"]["1"] == pytest.approx(case_dice["1"]) and 0.0 <= case_dice["1"] <= 1.0
     assert ev["mean_dice"] == pytest.approx(case_dice["1"])
+    vox = ev["cases"][0]["voxels"]["1"]  # one case: the pooled Dice is that case's Dice
+    assert ev["global_dice"] == pytest.approx(case_dice["1"]) == pytest.approx(ev["global_dice_per_label"]["1"])
+    assert vox["reference"] > 0 and vox["predicted"] >= 0
     in_dir = tmp_path / "in"  # inputs stored in other orientations and spacings than the training set
     for i, (orient, spacing) in enumerate([("LPS", (1.2, 1.5, 2.0)), ("PIR", (2.0, 1.0, 1.6)), ("RAS", (1.5,) * 3)]):
         write_nifti(str(in_dir / f"vol{i}.nii.gz"), make_volume((26, 22, 18), spacing, orientation=orient, seed=i))

@@ -29,12 +29,18 @@ def random_crop_slices(spatial_shape: Sequence[int], crop, rng: np.random.Genera
     return tuple(slice(s, s + c) for s, c in zip(starts, crop))
 
 
-def centred_crop_slices(spatial_shape: Sequence[int], crop, centre: Sequence[int]) -> tuple[slice, ...]:
-    """The ``crop`` window centred on voxel ``centre`` (start ``centre - crop // 2``), shifted to stay inside."""
+FOREGROUND_POSITIONS = ("centre", "anywhere")
+
+
+def centred_crop_slices(spatial_shape: Sequence[int], crop, centre: Sequence[int],
+                        offset: Sequence[int] | None = None) -> tuple[slice, ...]:
+    """The ``crop`` window holding voxel ``centre`` at position ``offset`` inside it (default ``crop // 2``: centred;
+    start ``centre - offset``), shifted to stay inside the volume."""
     crop = _check_crop(spatial_shape, crop)
+    offset = [c // 2 for c in crop] if offset is None else offset
     out = []
-    for size, c, x in zip(spatial_shape, crop, centre):
-        start = min(max(int(x) - c // 2, 0), size - c)
+    for size, c, x, o in zip(spatial_shape, crop, centre, offset):
+        start = min(max(int(x) - int(o), 0), size - c)
         out.append(slice(start, start + c))
     return tuple(out)
 
@@ -79,8 +85,9 @@ def balanced_crop_slices(
     pos_fraction: float = 0.5,
     *,
     foreground: np.ndarray | None = None,
+    foreground_position: str = "centre",
 ) -> tuple[slice, ...]:
-    """A crop window centred on a foreground voxel with probability ``pos_fraction``, else on a background one.
+    """A crop window on a foreground voxel with probability ``pos_fraction``, else centred on a background one.
 
     Args:
       label: ``(*S)`` integer labels (0 = background); may be an ``np.memmap``.
@@ -89,24 +96,34 @@ def balanced_crop_slices(
       pos_fraction: probability of centring on a voxel with ``label > 0``.
       foreground: optional precomputed :func:`foreground_voxels` of ``label``: ``(K, n)`` indices (may be an
         ``np.memmap``: only the drawn row is read) or ``(K,)`` flat C-order indices.
+      foreground_position: where the drawn foreground voxel sits in the crop: ``"centre"`` (segmentation's
+        usual choice; an object is then always mid-crop) or ``"anywhere"`` (uniform over the crop, one extra
+        draw per axis: a window classifier sees objects at every position, as the sliding windows it is scored
+        on hold them). ``"centre"`` draws exactly as before this option existed.
 
     Returns:
       One ``slice`` per spatial dim, clamped inside the volume. If the drawn class is absent (no foreground,
       or no background), the other class is used.
     """
+    if foreground_position not in FOREGROUND_POSITIONS:
+        raise ValueError(f"foreground_position={foreground_position!r}: use one of {FOREGROUND_POSITIONS}")
     shape = label.shape
     crop = _check_crop(shape, crop)
     if foreground is None:
         foreground = foreground_voxels(label, flat=True)
     want_fg = rng.random() < pos_fraction
     centre = None
+    on_fg = False
     if want_fg and len(foreground):
-        centre = _foreground_voxel(foreground, int(rng.integers(0, len(foreground))), shape)
+        centre, on_fg = _foreground_voxel(foreground, int(rng.integers(0, len(foreground))), shape), True
     elif not want_fg:
         centre = _random_background_voxel(label, rng)
     if centre is None:  # the drawn class is empty: use the other one
         if len(foreground):
-            centre = _foreground_voxel(foreground, int(rng.integers(0, len(foreground))), shape)
+            centre, on_fg = _foreground_voxel(foreground, int(rng.integers(0, len(foreground))), shape), True
         else:
             centre = tuple(int(rng.integers(0, s)) for s in shape)
-    return centred_crop_slices(shape, crop, centre)
+    offset = None
+    if on_fg and foreground_position == "anywhere":
+        offset = [int(rng.integers(0, c)) for c in crop]
+    return centred_crop_slices(shape, crop, centre, offset)

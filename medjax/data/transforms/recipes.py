@@ -12,7 +12,12 @@ import numpy as np
 
 from medjax.config.dims import broadcast
 from medjax.data.transforms import augment, dictionary as d
-from medjax.data.transforms.crops import balanced_crop_slices, foreground_voxels, random_crop_slices
+from medjax.data.transforms.crops import (
+    FOREGROUND_POSITIONS,
+    balanced_crop_slices,
+    foreground_voxels,
+    random_crop_slices,
+)
 from medjax.data.transforms.intensity import ct_window, zscore_foreground
 from medjax.data.transforms.resample import resample, resample_geometry
 from medjax.data.transforms.spatial import (
@@ -32,6 +37,9 @@ _INT16 = np.iinfo(np.int16)
 def _check_cfg(cfg) -> None:
     if cfg.spatial_dims not in (2, 3):
         raise ConfigError(f"data.spatial_dims={cfg.spatial_dims!r}: use 2 (slices) or 3 (volumes)")
+    if cfg.foreground_position not in FOREGROUND_POSITIONS:
+        raise ConfigError(f"data.foreground_position={cfg.foreground_position!r}: use one of "
+                          f"{FOREGROUND_POSITIONS}")
     if cfg.slice_axis not in (0, 1, 2):
         raise ConfigError(f"data.slice_axis={cfg.slice_axis!r}: use 0, 1 or 2 (a volume axis after reorientation)")
     if len(cfg.crop_size) not in (1, cfg.spatial_dims):
@@ -213,7 +221,8 @@ def random_crops(sample: dict, cfg, rng: np.random.Generator, *, out: dict | Non
 
     Returns:
       A list of ``{"image": float32 (*crop, C), "label": int32 (*crop) if labelled, "class": int32 if
-      present}``. Crops are label-balanced (half centred on foreground) when a label is present; for
+      present}``. Crops are label-balanced (half on a foreground voxel, placed as ``cfg.foreground_position``
+      says) when a label is present; for
       ``spatial_dims=2`` a slice along ``cfg.slice_axis`` is drawn first (crop ``(H, W, C)`` over the two
       remaining axes in order). A volume smaller than the crop is zero-padded. With ``cfg.augment``: each
       spatial axis flipped with p=0.5, quarter turns in-plane when those crop sides are equal, intensity jitter.
@@ -237,7 +246,8 @@ def random_crops(sample: dict, cfg, rng: np.random.Generator, *, out: dict | Non
     crops = []
     for _ in range(int(cfg.samples_per_volume)):
         if label is not None:
-            box = balanced_crop_slices(label, window_eff, rng, foreground=fg)
+            box = balanced_crop_slices(label, window_eff, rng, foreground=fg,
+                                       foreground_position=cfg.foreground_position)
         else:
             box = random_crop_slices(shape, window_eff, rng)
         img = image[box]  # basic slicing: a view; a memmap reads only this window when it is copied below
