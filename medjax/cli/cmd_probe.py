@@ -13,7 +13,8 @@ def register(subparsers) -> None:
                     "held-out volumes with the frozen encoder of --checkpoint, fit a probe on the training "
                     "windows/volumes and report held-out accuracy and AUROC per window and per volume; the same "
                     "architecture at random initialisation (--seeds) is probed alongside as the baseline, and the "
-                    "output says whether the pretrained encoder beats it (> 3 std of the random-init seeds).",
+                    "output says whether the pretrained encoder beats it (> 3 std, pooled over both arms when "
+                    "several checkpoints are given, else of the random-init seeds).",
     )
     p.add_argument("--checkpoint", nargs="+", default=[], metavar="WORKDIR_OR_CKPT",
                    help="pretraining (or fine-tuning) run(s) whose encoder is probed; several give a mean ± std")
