@@ -18,6 +18,9 @@ def register(subparsers) -> None:
     p.add_argument("--per-window", action="store_true", help="also write every window's features and position")
     p.add_argument("--pool", choices=("mean", "max", "cls"), default="mean",
                    help="window feature: mean or max over the patch tokens, or the CLS token (default mean)")
+    p.add_argument("--layer", type=int, default=None, metavar="BLOCK",
+                   help="pool this encoder block's tokens (1-based, through the final LayerNorm) instead of the "
+                        "encoder output (the last block, the default)")
     p.add_argument("--overlap", type=float, default=None,
                    help="window overlap fraction (default: finetune.eval_overlap of the config)")
     p.add_argument("--config", default=None, metavar="NAME_OR_FILE",
@@ -38,7 +41,7 @@ def run(args) -> int:
         config = (load_config(args.config, args.overrides) if args.config is not None
                   else _apply(features_config(args.checkpoint, None), args.overrides))
     res = export_features(args.checkpoint, args.in_dir, args.out, per_window=args.per_window, config=config,
-                          pool=args.pool, overlap=args.overlap)
+                          pool=args.pool, overlap=args.overlap, layer=args.layer)
     print(f"wrote {res['volumes']} embeddings of dimension {res['feature_dim']} to {res['out']} "
           f"(index: {res['index']})")
     return 0

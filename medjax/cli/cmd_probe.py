@@ -29,12 +29,16 @@ def register(subparsers) -> None:
     p.add_argument("--pool", choices=("mean", "max", "cls"), nargs="+", default=["mean"],
                    help="window feature(s): mean or max over the patch tokens, or the CLS token (default mean); "
                         "several (--pool mean max) share one embedding pass")
+    p.add_argument("--layer", type=int, nargs="+", default=[None], metavar="BLOCK",
+                   help="pool the tokens of these encoder blocks (1-based; each through the final LayerNorm) "
+                        "instead of the encoder output, which is the last block (the default); several "
+                        "(--layer 4 8 12) share one embedding pass")
     p.add_argument("--k", type=int, default=20, help="neighbours for --kind knn (default 20)")
     p.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                    help="config overrides, e.g. data.dir=... finetune.val_records=16")
     p.add_argument("--json", action="store_true",
-                   help="print one JSON object instead of the table; with several --pool/--kind, one object "
-                        "{\"results\": [...]} holding one such object per (pool, kind)")
+                   help="print one JSON object instead of the table; with several --pool/--layer/--kind, one "
+                        "object {\"results\": [...]} holding one such object per (pool, layer, kind)")
     p.set_defaults(func=run)
 
 
@@ -45,7 +49,7 @@ def run(args) -> int:
     cfg = load_config(args.config, args.overrides)
     results = probe_grid(cfg, args.checkpoint, kinds=tuple(args.kind), pools=tuple(args.pool),
                          random_init=args.random_init, seeds=tuple(args.seeds), knn_k=args.k,
-                         baseline=not args.no_baseline)
+                         baseline=not args.no_baseline, layers=tuple(args.layer))
     if args.json:
         print(json.dumps(results[0] if len(results) == 1 else {"results": results}), flush=True)
     else:

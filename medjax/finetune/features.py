@@ -11,6 +11,11 @@ feature vector:
 - ``max``: per-feature maximum over the patch tokens;
 - ``cls``: the CLS token (needs ``model.cls_token``).
 
+By default the tokens are the encoder's output. ``layer=k`` (1-based block number) pools block ``k``'s output
+instead, put through the encoder's final LayerNorm, so that every layer's features are on the output's scale;
+``layer=depth`` is the output itself. Features of several pools and layers come from one forward pass, keyed by
+:func:`feature_key`.
+
 A volume's embedding is the mean of its windows' features. 2D encoders (``data.spatial_dims=2``) see the
 volume's slices along ``data.slice_axis``; every slice's windows count as the volume's windows.
 
@@ -30,6 +35,11 @@ import numpy as np
 from medjax.errors import ConfigError
 
 POOLS = ("mean", "max", "cls")
+
+
+def feature_key(pool: str, layer: int | None = None) -> str:
+    """Name of one feature: ``"mean"`` (the encoder output), or ``"mean@6"`` (block 6's output)."""
+    return pool if layer is None else f"{pool}@{int(layer)}"
 
 
 def encoder_config(cfg, meta: dict | None):
@@ -65,31 +75,43 @@ class Encoder:
     loss: float | None
     cfg: object
     params: dict
-    _fn: object = None
 
     def embed(self, windows: np.ndarray, pool: str) -> np.ndarray:
         """Pooled features ``(N, D)`` float32 of windows ``(N, *window, C)``."""
         return self.embed_pools(windows, (pool,))[pool]
 
-    def embed_pools(self, windows: np.ndarray, pools: tuple[str, ...]) -> dict[str, np.ndarray]:
-        """``{pool: (N, D) float32}`` of windows ``(N, *window, C)``, every pool from one forward pass."""
+    def embed_pools(self, windows: np.ndarray, pools: tuple[str, ...],
+                    layers: tuple[int | None, ...] = (None,)) -> dict[str, np.ndarray]:
+        """``{feature_key(pool, layer): (N, D) float32}`` of windows ``(N, *window, C)`` for every pool and layer
+        (``None``: the encoder output; else a block number, see module doc), all from one forward pass."""
         import jax
 
-        out = jax.device_get(self._fn(self.params, np.asarray(windows, np.float32)))
-        return {p: np.asarray(out[p], np.float32) for p in pools}
+        windows = np.asarray(windows, np.float32)
+        layers = tuple(dict.fromkeys(layers))
+        _, fn = _forward(self.cfg, tuple(windows.shape[1:-1]), tuple(sorted(x for x in layers if x is not None)))
+        out = jax.device_get(fn(self.params, windows))
+        return {feature_key(p, x): np.asarray(out[feature_key(p, x)], np.float32) for p in pools for x in layers}
 
 
-_FORWARD: dict = {}  # (model config, spatial dims, window) -> (model_def, jitted pooled forward): compiled once
+_FORWARD: dict = {}  # (model config, spatial dims, window, layers) -> (model_def, jitted pooled forward)
 
 
-def _forward(cfg, window: tuple[int, ...]):
+def _pools(tokens, num_prefix: int, layer: int | None) -> dict:
+    """``{feature_key(pool, layer): (B, D)}`` of tokens ``(B, P + L, D)`` float32."""
+    patches = tokens[:, num_prefix:]
+    out = {"mean": patches.mean(axis=1), "max": patches.max(axis=1)}
+    out["cls"] = tokens[:, 0] if num_prefix else out["mean"]
+    return {feature_key(p, layer): v for p, v in out.items()}
+
+
+def _forward(cfg, window: tuple[int, ...], layers: tuple[int, ...] = ()):
     import jax
     from flax import nnx
 
     from medjax.models.vit import ViT
     from medjax.training.state import abstract_model
 
-    key = (cfg.model, cfg.data.spatial_dims, tuple(window))
+    key = (cfg.model, cfg.data.spatial_dims, tuple(window), tuple(layers))
     if key in _FORWARD:
         return _FORWARD[key]
     model_def, _, _ = abstract_model(lambda: ViT(cfg.model, spatial_dims=cfg.data.spatial_dims,
@@ -97,11 +119,13 @@ def _forward(cfg, window: tuple[int, ...]):
 
     def fn(params, x):
         enc = model_def.merge(params)
-        tokens = enc(x, deterministic=True).astype(jax.numpy.float32)
         p = enc.num_prefix_tokens
-        patches = tokens[:, p:]
-        out = {"mean": patches.mean(axis=1), "max": patches.max(axis=1)}
-        out["cls"] = tokens[:, 0] if p else out["mean"]
+        if not layers:
+            return _pools(enc(x, deterministic=True).astype(jax.numpy.float32), p, None)
+        tokens, hidden = enc(x, deterministic=True, return_layers=layers)
+        out = _pools(tokens.astype(jax.numpy.float32), p, None)
+        for layer, h in zip(layers, hidden):
+            out.update(_pools(enc.norm(h).astype(jax.numpy.float32), p, layer))
         return out
 
     _FORWARD[key] = (model_def, jax.jit(fn))
@@ -136,11 +160,10 @@ def load_encoder_from(cfg, checkpoint) -> Encoder:
     params, _ = load_encoder({"encoder": abstract_like(abstract)}, saved.workdir / "checkpoints" / str(saved.step),
                              grid=grid, num_prefix=1 if ecfg.model.cls_token else 0,
                              spatial_dims=ecfg.data.spatial_dims)
-    _, fn = _forward(ecfg, window)
     loss = saved.meta.get("loss")
     return Encoder(name="checkpoint", source=str(checkpoint), seed=None, step=int(saved.step),
                    loss=float(loss) if loss is not None else None, cfg=ecfg,
-                   params=jax.device_get(params["encoder"]), _fn=fn)
+                   params=jax.device_get(params["encoder"]))
 
 
 def random_encoder(cfg, seed: int) -> Encoder:
@@ -156,9 +179,8 @@ def random_encoder(cfg, seed: int) -> Encoder:
     window = window_size(ecfg)
     _, params, _ = split_model(ViT(ecfg.model, spatial_dims=ecfg.data.spatial_dims, input_size=window,
                                    rngs=nnx.Rngs(int(seed))))
-    _, fn = _forward(ecfg, window)
     return Encoder(name="random-init", source=None, seed=int(seed), step=None, loss=None, cfg=ecfg,
-                   params=jax.device_get(params), _fn=fn)
+                   params=jax.device_get(params))
 
 
 def _patch(cfg) -> tuple[int, ...]:
@@ -172,6 +194,18 @@ def check_pool(pool: str, cfg) -> None:
         raise ConfigError(f"pool={pool!r}: use one of {POOLS}")
     if pool == "cls" and not cfg.model.cls_token:
         raise ConfigError("pool='cls' needs an encoder with a CLS token (model.cls_token=true); use mean or max")
+
+
+def check_layer(layer: int, cfg) -> int | None:
+    """A block number ``layer`` of ``cfg``'s encoder checked against its depth; the last block is the encoder
+    output, returned as ``None`` (see :func:`feature_key`)."""
+    from medjax.config.variants import decode_variant
+
+    depth = decode_variant(cfg.model.variant, cfg.data.spatial_dims).depth
+    if not 1 <= int(layer) <= depth:
+        raise ConfigError(f"layer={layer}: the {cfg.model.variant} encoder has blocks 1..{depth}; give a block "
+                          f"number in that range ({depth} is the encoder output)")
+    return None if int(layer) == depth else int(layer)
 
 
 # ------------------------------------------------------------------------------------------------ windows
@@ -189,20 +223,23 @@ def window_features(encoders: list[Encoder], inputs: np.ndarray, positions: list
 
 
 def window_features_by_pool(encoders: list[Encoder], inputs: np.ndarray, positions: list, window,
-                            pools: tuple[str, ...], batch: int = 8) -> list[dict[str, np.ndarray]]:
-    """Per encoder, ``{pool: (W, D) float32}`` for the windows at ``positions`` of ``inputs``: every pool comes
-    from the same forward pass, so probing several pools costs one embedding of the windows.
+                            pools: tuple[str, ...], batch: int = 8,
+                            layers: tuple[int | None, ...] = (None,)) -> list[dict[str, np.ndarray]]:
+    """Per encoder, ``{feature_key(pool, layer): (W, D) float32}`` for the windows at ``positions`` of ``inputs``
+    (``layers``: ``None`` for the encoder output, else block numbers): every feature comes from the same forward
+    pass, so probing several pools and layers costs one embedding of the windows.
 
     Windows go through the encoders in batches of ``batch`` (the last one zero-padded: one compilation per
     window shape)."""
     window = tuple(int(w) for w in window)
-    outs: list[dict[str, list[np.ndarray]]] = [{p: [] for p in pools} for _ in encoders]
+    outs: list[dict[str, list[np.ndarray]]] = [{feature_key(p, x): [] for p in pools for x in layers}
+                                               for _ in encoders]
     for i in range(0, len(positions), batch):
         chunk = positions[i:i + batch]
         wins = np.stack([inputs[(n, *(slice(s, s + w) for s, w in zip(st, window)))] for n, st in chunk])
         if len(chunk) < batch:
             wins = np.concatenate([wins, np.zeros((batch - len(chunk), *wins.shape[1:]), wins.dtype)])
         for k, enc in enumerate(encoders):
-            for p, f in enc.embed_pools(wins, pools).items():
+            for p, f in enc.embed_pools(wins, pools, layers).items():
                 outs[k][p].append(f[: len(chunk)])
     return [{p: np.concatenate(v) if v else np.zeros((0, 0), np.float32) for p, v in o.items()} for o in outs]

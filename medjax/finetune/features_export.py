@@ -5,8 +5,8 @@ OUT layout::
 
     index.csv                 one row per volume: id, file, shape, preprocessed_shape, windows, embedding,
                               window_embeddings, window_positions (the last two empty without --per-window)
-    features.json             what produced them: checkpoint, step, variant, pool, feature_dim, window, overlap,
-                              spacing, intensity
+    features.json             what produced them: checkpoint, step, variant, pool, layer (encoder block; the
+                              last is the output), feature_dim, window, overlap, spacing, intensity
     <id>.npy                  (D,) float32: the mean of the volume's window features
     <id>_windows.npy          (W, D) float32 (--per-window)
     <id>_positions.npy        (W, 1 + n) int64 (--per-window): slice index (0 in 3D), then the window's start
@@ -48,9 +48,10 @@ def features_config(checkpoint, config):
 
 
 def export_features(checkpoint, in_dir, out_dir, *, per_window: bool = False, config=None, pool: str = "mean",
-                    overlap: float | None = None) -> dict:
+                    overlap: float | None = None, layer: int | None = None) -> dict:
     """Embed every volume of ``in_dir`` (a folder of NIfTI/DICOM volumes, an MSD folder or a manifest) with the
-    encoder of ``checkpoint``; write the files above into ``out_dir``.
+    encoder of ``checkpoint``; write the files above into ``out_dir``. ``layer`` pools that encoder block's
+    tokens (1-based, through the final LayerNorm; :mod:`medjax.finetune.features`) instead of the output.
 
     Returns ``{"out": ..., "volumes": N, "feature_dim": D, "index": path of index.csv}``.
 
@@ -59,7 +60,9 @@ def export_features(checkpoint, in_dir, out_dir, *, per_window: bool = False, co
     """
     from medjax.data.sources import load_records
     from medjax.evaluation.sliding_window import tile
-    from medjax.finetune.features import check_pool, load_encoder_from, model_inputs, window_features, window_size
+    from medjax.config.variants import decode_variant
+    from medjax.finetune.features import (check_layer, check_pool, feature_key, load_encoder_from, model_inputs,
+                                          window_features_by_pool, window_size)
     from medjax.finetune.predict import preprocess_record
 
     cfg = features_config(checkpoint, config)
@@ -73,6 +76,8 @@ def export_features(checkpoint, in_dir, out_dir, *, per_window: bool = False, co
                                 "folder or a CSV/JSON manifest")
     enc = load_encoder_from(cfg, checkpoint)
     check_pool(pool, enc.cfg)
+    block = None if layer is None else check_layer(layer, enc.cfg)
+    key = feature_key(pool, block)
     window = window_size(enc.cfg)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -81,7 +86,8 @@ def export_features(checkpoint, in_dir, out_dir, *, per_window: bool = False, co
         s = preprocess_record(enc.cfg, {"id": r["id"], "image": r["image"]})
         inputs, positions = tile(model_inputs(s["image"], enc.cfg.data.spatial_dims, enc.cfg.data.slice_axis),
                                  window, enc.cfg.finetune.eval_overlap)
-        feats = window_features([enc], inputs, positions, window, pool, batch=max(1, enc.cfg.finetune.eval_batch))[0]
+        feats = window_features_by_pool([enc], inputs, positions, window, (pool,), layers=(block,),
+                                        batch=max(1, enc.cfg.finetune.eval_batch))[0][key]
         dim = int(feats.shape[1])
         stem = str(r["id"])
         np.save(out / f"{stem}.npy", feats.mean(0).astype(np.float32), allow_pickle=False)
@@ -99,6 +105,7 @@ def export_features(checkpoint, in_dir, out_dir, *, per_window: bool = False, co
         w.writeheader()
         w.writerows(rows)
     info = {"checkpoint": str(checkpoint), "step": enc.step, "variant": enc.cfg.model.variant, "pool": pool,
+            "layer": block or decode_variant(enc.cfg.model.variant, enc.cfg.data.spatial_dims).depth,
             "feature_dim": dim, "window": list(window), "overlap": enc.cfg.finetune.eval_overlap,
             "spacing": list(enc.cfg.data.spacing), "intensity": enc.cfg.data.intensity,
             "spatial_dims": enc.cfg.data.spatial_dims, "volumes": len(rows)}

@@ -83,22 +83,24 @@ def prepare(cfg, records: list[dict]) -> list[dict]:
     return out
 
 
-def embed(prepared: list[dict], encoders: list, pools: tuple[str, ...]) -> list[dict]:
-    """Per prepared record: ``id``, ``y``, ``wy``, ``feats`` (per encoder ``{pool: (W, D) float32}`` window
-    features, every pool from one forward pass)."""
+def embed(prepared: list[dict], encoders: list, pools: tuple[str, ...],
+          layers: tuple[int | None, ...] = (None,)) -> list[dict]:
+    """Per prepared record: ``id``, ``y``, ``wy``, ``feats`` (per encoder ``{feature_key(pool, layer): (W, D)
+    float32}`` window features, every pool and layer from one forward pass)."""
     from medjax.finetune.features import window_features_by_pool
 
     return [{"id": p["id"], "y": p["y"], "wy": p["wy"],
              "feats": window_features_by_pool(encoders, p["inputs"], p["positions"], p["window"], pools,
-                                              batch=p["batch"])}
+                                              batch=p["batch"], layers=layers)}
             for p in prepared]
 
 
-def collect(cfg, encoders: list, records: list[dict], pools: tuple[str, ...]) -> list[dict]:
+def collect(cfg, encoders: list, records: list[dict], pools: tuple[str, ...],
+            layers: tuple[int | None, ...] = (None,)) -> list[dict]:
     """:func:`prepare` then :func:`embed`, one record at a time (only one volume's inputs in memory)."""
     out = []
     for r in records:
-        out += embed(prepare(cfg, [r]), encoders, pools)
+        out += embed(prepare(cfg, [r]), encoders, pools, layers)
     return out
 
 
@@ -116,7 +118,8 @@ def _metrics(scores: np.ndarray, y: np.ndarray, fit: dict) -> dict:
 
 def probe_one(k: int, train: list[dict], test: list[dict], kind: str, num_classes: int, knn_k: int,
               pool: str = "mean") -> dict:
-    """Metrics per level of encoder ``k``'s ``pool`` features (see module doc)."""
+    """Metrics per level of encoder ``k``'s ``pool`` features (a :func:`medjax.finetune.features.feature_key`;
+    see module doc)."""
     from medjax.finetune.probe_fit import fit_and_score
 
     def feats(r):
@@ -217,36 +220,42 @@ def verdict(result: dict) -> dict:
 
 
 def probe(cfg, checkpoints=(), *, kind: str = "linear", random_init: bool = False, seeds=(0,),
-          pool: str = "mean", knn_k: int = 20, baseline: bool = True) -> dict:
-    """One probe (``kind`` on ``pool`` features); see :func:`probe_grid`, whose single result this returns."""
+          pool: str = "mean", knn_k: int = 20, baseline: bool = True, layer: int | None = None) -> dict:
+    """One probe (``kind`` on ``pool`` features of ``layer``); see :func:`probe_grid`, whose single result this
+    returns."""
     return probe_grid(cfg, checkpoints, kinds=(kind,), pools=(pool,), random_init=random_init, seeds=seeds,
-                      knn_k=knn_k, baseline=baseline)[0]
+                      knn_k=knn_k, baseline=baseline, layers=(layer,))[0]
 
 
 def probe_grid(cfg, checkpoints=(), *, kinds=("linear",), pools=("mean",), random_init: bool = False, seeds=(0,),
-               knn_k: int = 20, baseline: bool = True) -> list[dict]:
+               knn_k: int = 20, baseline: bool = True, layers=(None,)) -> list[dict]:
     """Probe the encoders of ``checkpoints`` (and/or random initialisations) on ``cfg``'s task, for every probe
-    kind and pooling: the windows are embedded once (every pool from the same forward pass), then each
-    ``(pool, kind)`` is fitted on those features.
+    kind, pooling and layer: the windows are embedded once (every pool and layer from the same forward pass),
+    then each ``(pool, layer, kind)`` is fitted on those features.
 
     Args:
       cfg: a classification config (records, split, windows, targets; see module doc).
       checkpoints: run directories or step folders whose encoders are probed (one result each).
       kinds: probes, each ``"linear"`` or ``"knn"``.
       pools: window features, each ``"mean"``, ``"max"`` (over the patch tokens) or ``"cls"``.
+      layers: whose tokens are pooled: ``None`` (the encoder output) or 1-based block numbers (a block's output
+        through the final LayerNorm; the last block is the output). MAE encoders often probe better a few blocks
+        before the output, whose last blocks serve the reconstruction.
       random_init: probe only random initialisations (one per seed), no checkpoint.
       seeds: initialisation seeds of the random-init arm.
       knn_k: neighbours for ``kind="knn"``.
       baseline: with checkpoints, also probe random initialisations (the comparison the verdict needs).
 
-    Returns one JSON-safe dict per ``(pool, kind)``, pools outer: ``config``, ``kind``, ``pool``, ``train`` /
+    Returns one JSON-safe dict per ``(pool, layer, kind)``, pools outer, then layers: ``config``, ``kind``,
+    ``pool``, ``layer`` (the block number; ``depth``, the last, is the encoder output), ``train`` /
     ``held_out`` (volume ids and window counts), ``pretrained`` and ``random_init`` (each ``runs`` [one per
     encoder: source/seed, step, loss, ``metrics`` {level: {auroc, accuracy, n, positives, lambda}}] and
     ``summary`` {level: {metric: {values, mean, std}}}; absent when not probed), ``verdict`` (see
     :func:`verdict`) and ``seconds`` (embedding plus this probe's fits).
     """
     from medjax.evaluation.accumulators import json_safe
-    from medjax.finetune.features import check_pool, load_encoder_from, random_encoder
+    from medjax.config.variants import decode_variant
+    from medjax.finetune.features import check_layer, check_pool, feature_key, load_encoder_from, random_encoder
     from medjax.finetune.loop import split_records
 
     t0 = time.time()
@@ -262,32 +271,36 @@ def probe_grid(cfg, checkpoints=(), *, kinds=("linear",), pools=("mean",), rando
     arch = encoders[0].cfg if encoders else cfg
     for pool in pools:
         check_pool(pool, arch)
+    depth = decode_variant(arch.model.variant, arch.data.spatial_dims).depth
+    layers = tuple(dict.fromkeys(None if x is None else check_layer(x, arch) for x in layers))
     if random_init or baseline:
         encoders += [random_encoder(arch, s) for s in seeds]
     train_recs, val_recs = split_records(cfg)
-    train, test = collect(arch, encoders, train_recs, pools), collect(arch, encoders, val_recs, pools)
+    train = collect(arch, encoders, train_recs, pools, layers)
+    test = collect(arch, encoders, val_recs, pools, layers)
     embed_s = time.time() - t0
     k_cls = max(2, int(cfg.finetune.num_classes))
     results = []
-    for pool in pools:
-        for kind in kinds:
-            t1 = time.time()
-            runs = [{"encoder": enc.name, "source": enc.source, "seed": enc.seed, "step": enc.step,
-                     "loss": enc.loss, "feature_dim": int(train[0]["feats"][k][pool].shape[1]),
-                     "metrics": probe_one(k, train, test, kind, k_cls, knn_k, pool)}
-                    for k, enc in enumerate(encoders)]
-            out: dict = {"config": cfg.name, "kind": kind, "pool": pool, "variant": arch.model.variant,
-                         "window": list(cfg.data.crop_size), "spacing": list(cfg.data.spacing),
-                         "train": _split_info(train), "held_out": _split_info(test)}
-            pre = [r for r in runs if r["encoder"] == "checkpoint"]
-            rnd = [r for r in runs if r["encoder"] == "random-init"]
-            if pre:
-                out["pretrained"] = {"runs": pre, "summary": _summarise(pre)}
-            if rnd:
-                out["random_init"] = {"runs": rnd, "summary": _summarise(rnd)}
-            out["verdict"] = verdict(out)
-            out["seconds"] = round(embed_s + time.time() - t1, 1)
-            results.append(json_safe(out))
+    for pool, layer, kind in ((p, x, k) for p in pools for x in layers for k in kinds):
+        t1 = time.time()
+        key = feature_key(pool, layer)
+        runs = [{"encoder": enc.name, "source": enc.source, "seed": enc.seed, "step": enc.step,
+                 "loss": enc.loss, "feature_dim": int(train[0]["feats"][k][key].shape[1]),
+                 "metrics": probe_one(k, train, test, kind, k_cls, knn_k, key)}
+                for k, enc in enumerate(encoders)]
+        out: dict = {"config": cfg.name, "kind": kind, "pool": pool, "layer": depth if layer is None else layer,
+                     "depth": depth, "variant": arch.model.variant,
+                     "window": list(cfg.data.crop_size), "spacing": list(cfg.data.spacing),
+                     "train": _split_info(train), "held_out": _split_info(test)}
+        pre = [r for r in runs if r["encoder"] == "checkpoint"]
+        rnd = [r for r in runs if r["encoder"] == "random-init"]
+        if pre:
+            out["pretrained"] = {"runs": pre, "summary": _summarise(pre)}
+        if rnd:
+            out["random_init"] = {"runs": rnd, "summary": _summarise(rnd)}
+        out["verdict"] = verdict(out)
+        out["seconds"] = round(embed_s + time.time() - t1, 1)
+        results.append(json_safe(out))
     return results
 
 
@@ -304,7 +317,10 @@ def _split_info(recs: list[dict]) -> dict:
 def format_probe(result: dict) -> str:
     """A plain-text table of a :func:`probe` result: one row per encoder and level, then the summary and the
     verdict."""
-    lines = [f"{result['config']}: {result['kind']} probe on {result['pool']}-pooled {result['variant']} features; "
+    layer = result.get("layer")
+    where = f" (block {layer} of {result['depth']})" if layer is not None and layer != result.get("depth") else ""
+    lines = [f"{result['config']}: {result['kind']} probe on {result['pool']}-pooled {result['variant']} "
+             f"features{where}; "
              f"train {result['train']['volumes']} volumes"
              + (f" / {result['train'].get('windows')} windows" if "windows" in result["train"] else "")
              + f", held out {result['held_out']['volumes']} volumes"

@@ -57,6 +57,39 @@ def test_random_init_probe_is_perfect_on_cube_windows(cube_data):  # noqa: F811
     assert all(g["random_init"]["runs"][0]["metrics"]["window"]["auroc"] == 1.0 for g in grid)
 
 
+def test_block_features_are_that_block_through_the_final_norm(cube_data, mae_run):  # noqa: F811
+    import jax.numpy as jnp
+
+    from medjax.errors import ConfigError
+    from medjax.finetune.features import _forward, check_layer, load_encoder_from
+    from medjax.finetune.probe import probe_grid
+
+    run, _ = mae_run
+    cfg = probe_cfg(cube_data)
+    enc = load_encoder_from(cfg, run)
+    wins = np.random.default_rng(3).normal(size=(2, 8, 8, 8, 1)).astype(np.float32)
+    feats = enc.embed_pools(wins, ("mean", "max"), layers=(None, 1))
+    assert set(feats) == {"mean", "max", "mean@1", "max@1"} and feats["mean@1"].shape == (2, 64)
+    # the output features are the default ones, and block 1's are its tokens through the final LayerNorm
+    np.testing.assert_allclose(feats["mean"], enc.embed(wins, "mean"), rtol=1e-6, atol=1e-6)
+    model = _forward(enc.cfg, (8, 8, 8))[0].merge(enc.params)
+    _, (h1,) = model(jnp.asarray(wins), deterministic=True, return_layers=(1,))
+    manual = np.asarray(model.norm(h1))[:, model.num_prefix_tokens:]
+    np.testing.assert_allclose(feats["mean@1"], manual.mean(1), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(feats["max@1"], manual.max(1), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(feats["mean@1"], feats["mean"], atol=1e-3)
+    # Mu has 2 blocks: 2 is the output, 0 and 3 are refused with the range
+    assert check_layer(2, cfg) is None and check_layer(1, cfg) == 1
+    for bad in (0, 3):
+        with pytest.raises(ConfigError, match=r"blocks 1\.\.2"):
+            check_layer(bad, cfg)
+    grid = probe_grid(cfg, random_init=True, seeds=(0,), layers=(1, 2, None))
+    assert [(g["layer"], g["depth"]) for g in grid] == [(1, 2), (2, 2)]  # 2 and None are the same features
+    base = probe_grid(cfg, random_init=True, seeds=(0,))[0]
+    assert base["layer"] == 2 and grid[1]["random_init"]["runs"] == base["random_init"]["runs"]
+    assert grid[0]["random_init"]["runs"][0]["metrics"]["window"]["n"] == 32
+
+
 def test_probe_cli_json_schema_and_checkpoint_encoder(cube_data, mae_run, capsys):  # noqa: F811
     from medjax.cli import main
     from medjax.finetune.features import load_encoder_from
@@ -130,3 +163,10 @@ def test_features_command_writes_embeddings_and_index(cube_data, mae_run, tmp_pa
     assert not np.allclose(emb, np.load(out / "v01.npy"))
     assert main(["features", str(vols), str(tmp_path / "again"), "--checkpoint", str(run), "--overlap", "0"]) == 0
     np.testing.assert_array_equal(np.load(tmp_path / "again" / "v00.npy"), emb)
+    assert info["layer"] == 2  # Mu: the output is block 2
+    # --layer 1: block 1's features, recorded as such, and not the output's
+    assert main(["features", str(vols), str(tmp_path / "b1"), "--checkpoint", str(run), "--overlap", "0",
+                 "--layer", "1"]) == 0
+    assert json.loads((tmp_path / "b1" / "features.json").read_text())["layer"] == 1
+    assert np.load(tmp_path / "b1" / "v00.npy").shape == (64,)
+    assert not np.allclose(np.load(tmp_path / "b1" / "v00.npy"), emb, atol=1e-3)
