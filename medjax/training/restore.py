@@ -83,7 +83,9 @@ def _manager(directory: Path):
 
     options = ocp.CheckpointManagerOptions(max_to_keep=None, save_interval_steps=0, create=False, read_only=True,
                                            cleanup_tmp_directories=False)
-    handlers = {"state": ocp.PyTreeCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
+    # every item a checkpoint holds has a handler (an unknown "data" item makes orbax warn on each restore)
+    handlers = {"state": ocp.PyTreeCheckpointHandler(), "meta": ocp.JsonCheckpointHandler(),
+                "data": ocp.JsonCheckpointHandler()}
     verbosity = absl_logging.get_verbosity()
     absl_logging.set_verbosity(absl_logging.ERROR)  # orbax warns that a read-only manager will not save
     try:

@@ -141,3 +141,20 @@ def test_read_arrays_without_a_model(run):
     st, meta, step = read_checkpoint(workdir / "checkpoints" / "3")
     assert step == 3 and meta == {"config": {"task": "mae"}} and "opt_state" not in st
     np.testing.assert_array_equal(st["params"]["encoder"]["pos_embed"], state["params"]["encoder"]["pos_embed"])
+
+
+def test_a_training_checkpoint_restores_without_orbax_warnings(tmp_path, caplog):
+    """A pretraining checkpoint also holds the data-loader item; reading its encoder must not make orbax warn
+    (every probe and fine-tuning run would print the same warnings once per restore)."""
+    import logging
+
+    state = _state()
+    with Checkpointer(tmp_path / "run", keep=1, async_save=False) as ck:
+        ck.save(2, jax.tree.map(jnp.asarray, state), data_state={"epoch": 1}, meta={"loss": 0.5}, force=True)
+        ck.wait()
+    with caplog.at_level(logging.WARNING):
+        saved = open_checkpoint(tmp_path / "run")
+        out = restore_arrays(saved, {"params": {"encoder": abstract_like(state["params"]["encoder"])}})
+    assert saved.meta == {"loss": 0.5}
+    np.testing.assert_array_equal(out["params"]["encoder"]["pos_embed"], state["params"]["encoder"]["pos_embed"])
+    assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
