@@ -91,8 +91,9 @@ def format_table(result: dict) -> str:
 
 
 def plot(result: dict, path) -> Path:
-    """PNG of the metric (mean over seeds, ± sample std band) against labeled volumes (log2 axis), one line per
-    arm; a matplotlib ``Figure`` drawn by Agg (pyplot's backend untouched)."""
+    """PNG of the metric against labeled volumes (log2 axis), one line per arm: the mean over seeds with a ± sample
+    std band and error bar (visible with a single label count too), and every run's value as a small dot (a bimodal
+    arm shows as such); a matplotlib ``Figure`` drawn by Agg (pyplot's backend untouched)."""
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(6.4, 4.2), dpi=110)
@@ -102,16 +103,23 @@ def plot(result: dict, path) -> Path:
                if e[arm]["mean"] is not None]
         if not pts:
             continue
+        shift = 1.03 if arm == ARMS[1] else 1 / 1.03  # the arms side by side, so that equal values stay visible
         x, y, s = (list(v) for v in zip(*pts))
-        ax.plot(x, y, "o-", color=color, label=f"{arm}")
+        x = [n * shift for n in x]
+        ax.errorbar(x, y, yerr=s, fmt="o-", color=color, capsize=5, label=f"{arm}")
         ax.fill_between(x, [a - b for a, b in zip(y, s)], [a + b for a, b in zip(y, s)], color=color, alpha=0.2)
+        runs = [(r["labeled"], r["value"]) for r in result["rows"] if r["arm"] == arm and r["value"] is not None]
+        if runs:
+            ax.plot([n * shift ** 2 for n, _ in runs], [v for _, v in runs], ".", color=color, alpha=0.6,
+                    markersize=6)
     ax.set_xscale("log", base=2)
     ax.set_xticks(list(result["labels"]), [str(n) for n in result["labels"]])
+    ax.set_xlim(min(result["labels"]) / 1.4, max(result["labels"]) * 1.4)
     ax.set_xlabel("labeled training volumes")
-    ax.set_ylabel(f"held-out {result['metric']} (mean ± std over seeds)")
+    ax.set_ylabel(f"held-out {result['metric']} (mean ± std; dots: runs)")
     ax.set_title(f"{result['config']}: {result['steps']} steps, seeds {result['seeds']}", fontsize=10)
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=9)
+    ax.legend(fontsize=9, loc="best")
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, format="png")
