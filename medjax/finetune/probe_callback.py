@@ -32,12 +32,11 @@ class ProbeCallback:
         """``{"probe_window_auroc": ..., "probe_volume_auroc": ..., ...}`` of the current parameters."""
         import jax
 
-        from medjax.finetune.features import Encoder, _forward, window_size
+        from medjax.finetune.features import Encoder
         from medjax.finetune.probe import embed, probe_one
 
-        _, fn = _forward(self.cfg, window_size(self.cfg))
         enc = Encoder(name="checkpoint", source="live", seed=None, step=None, loss=None, cfg=self.cfg,
-                      params=jax.device_get(state.params["encoder"]), _fn=fn)
+                      params=jax.device_get(state.params["encoder"]))
         train, test = embed(self.train, [enc], ("mean",)), embed(self.val, [enc], ("mean",))
         metrics = probe_one(0, train, test, "linear", max(2, self.cfg.finetune.num_classes), 20, "mean")
         return {f"probe_{level}_{k}": m[k] for level, m in metrics.items() for k in ("auroc", "accuracy")}
