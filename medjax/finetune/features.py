@@ -120,9 +120,10 @@ def _forward(cfg, window: tuple[int, ...], layers: tuple[int, ...] = ()):
     def fn(params, x):
         enc = model_def.merge(params)
         p = enc.num_prefix_tokens
-        if not layers:
-            return _pools(enc(x, deterministic=True).astype(jax.numpy.float32), p, None)
-        tokens, hidden = enc(x, deterministic=True, return_layers=layers)
+        if layers:
+            tokens, hidden = enc(x, deterministic=True, return_layers=layers)
+        else:
+            tokens, hidden = enc(x, deterministic=True), []
         out = _pools(tokens.astype(jax.numpy.float32), p, None)
         for layer, h in zip(layers, hidden):
             out.update(_pools(enc.norm(h).astype(jax.numpy.float32), p, layer))
@@ -199,9 +200,9 @@ def check_pool(pool: str, cfg) -> None:
 def check_layer(layer: int, cfg) -> int | None:
     """A block number ``layer`` of ``cfg``'s encoder checked against its depth; the last block is the encoder
     output, returned as ``None`` (see :func:`feature_key`)."""
-    from medjax.config.variants import decode_variant
+    from medjax.finetune.tasks import num_encoder_layers
 
-    depth = decode_variant(cfg.model.variant, cfg.data.spatial_dims).depth
+    depth = num_encoder_layers(cfg)
     if not 1 <= int(layer) <= depth:
         raise ConfigError(f"layer={layer}: the {cfg.model.variant} encoder has blocks 1..{depth}; give a block "
                           f"number in that range ({depth} is the encoder output)")
@@ -214,12 +215,6 @@ def model_inputs(volume: np.ndarray, spatial_dims: int, slice_axis: int = 2) -> 
     along ``slice_axis`` in 2D."""
     volume = np.asarray(volume, np.float32)
     return volume[None] if spatial_dims == 3 else np.moveaxis(volume, slice_axis, 0)
-
-
-def window_features(encoders: list[Encoder], inputs: np.ndarray, positions: list, window, pool: str,
-                    batch: int = 8) -> list[np.ndarray]:
-    """Per encoder, the pooled features ``(W, D)`` float32 of the windows at ``positions`` of ``inputs``."""
-    return [f[pool] for f in window_features_by_pool(encoders, inputs, positions, window, (pool,), batch)]
 
 
 def window_features_by_pool(encoders: list[Encoder], inputs: np.ndarray, positions: list, window,

@@ -60,10 +60,10 @@ def export_features(checkpoint, in_dir, out_dir, *, per_window: bool = False, co
     """
     from medjax.data.sources import load_records
     from medjax.evaluation.sliding_window import tile
-    from medjax.config.variants import decode_variant
     from medjax.finetune.features import (check_layer, check_pool, feature_key, load_encoder_from, model_inputs,
                                           window_features_by_pool, window_size)
     from medjax.finetune.predict import preprocess_record
+    from medjax.finetune.tasks import num_encoder_layers
 
     cfg = features_config(checkpoint, config)
     if overlap is not None:
@@ -105,7 +105,7 @@ def export_features(checkpoint, in_dir, out_dir, *, per_window: bool = False, co
         w.writeheader()
         w.writerows(rows)
     info = {"checkpoint": str(checkpoint), "step": enc.step, "variant": enc.cfg.model.variant, "pool": pool,
-            "layer": block or decode_variant(enc.cfg.model.variant, enc.cfg.data.spatial_dims).depth,
+            "layer": block or num_encoder_layers(enc.cfg),
             "feature_dim": dim, "window": list(window), "overlap": enc.cfg.finetune.eval_overlap,
             "spacing": list(enc.cfg.data.spacing), "intensity": enc.cfg.data.intensity,
             "spatial_dims": enc.cfg.data.spatial_dims, "volumes": len(rows)}

@@ -254,9 +254,9 @@ def probe_grid(cfg, checkpoints=(), *, kinds=("linear",), pools=("mean",), rando
     :func:`verdict`) and ``seconds`` (embedding plus this probe's fits).
     """
     from medjax.evaluation.accumulators import json_safe
-    from medjax.config.variants import decode_variant
     from medjax.finetune.features import check_layer, check_pool, feature_key, load_encoder_from, random_encoder
     from medjax.finetune.loop import split_records
+    from medjax.finetune.tasks import num_encoder_layers
 
     t0 = time.time()
     check_probe_config(cfg)
@@ -271,7 +271,7 @@ def probe_grid(cfg, checkpoints=(), *, kinds=("linear",), pools=("mean",), rando
     arch = encoders[0].cfg if encoders else cfg
     for pool in pools:
         check_pool(pool, arch)
-    depth = decode_variant(arch.model.variant, arch.data.spatial_dims).depth
+    depth = num_encoder_layers(arch)
     layers = tuple(dict.fromkeys(None if x is None else check_layer(x, arch) for x in layers))
     if random_init or baseline:
         encoders += [random_encoder(arch, s) for s in seeds]
