@@ -20,6 +20,13 @@ def register(subparsers) -> None:
     p.add_argument("--resolution-mm", type=float, default=2.0, help="base voxel size in mm (default 2)")
     p.add_argument("--workers", type=int, default=1, help="processes building subjects in parallel (default 1)")
     p.add_argument("--no-reorient", action="store_true", help="store every subject in RAS orientation")
+    p.add_argument(
+        "--lesions",
+        choices=("anywhere", "periventricular"),
+        default="anywhere",
+        help="lesion placement: 'anywhere' (default; grey or white matter, bright or dark, 3-15 mm, independent of "
+        "the anatomy) or 'periventricular' (T1-dark ovoids beside the lateral ventricles, pointing away from them)",
+    )
     p.set_defaults(func=run)
 
 
@@ -36,6 +43,7 @@ def run(args) -> int:
         resolution_mm=args.resolution_mm,
         workers=args.workers,
         reorient=not args.no_reorient,
+        lesion_prior=args.lesions,
     )
     seconds = time.perf_counter() - start
     s = summarize_demo(args.out)
@@ -45,6 +53,6 @@ def run(args) -> int:
     print(f"  shape        {shape(s['shape_min'])} .. {shape(s['shape_max'])} voxels (R x A x S, min .. max per axis)")
     print(f"  spacing      {s['spacing_min']:g} .. {s['spacing_max']:g} mm")
     print(f"  orientations {orient}")
-    print(f"  lesions      {s['lesions']} in {s['lesion_subjects']} of {s['subjects']} subjects")
+    print(f"  lesions      {s['lesions']} in {s['lesion_subjects']} of {s['subjects']} subjects ({args.lesions})")
     print(f"  dataset      {path}")
     return 0

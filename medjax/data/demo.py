@@ -31,13 +31,17 @@ from pathlib import Path
 
 import numpy as np
 
-from medjax.data.demo_lesions import lesion_boxes, place_lesions, render_lesions
+from medjax.data.demo_lesions import lesion_boxes, place_lesions, place_periventricular_lesions, render_lesions
 
 _SOURCE_MM = 1.0  # the templates are read at 1 mm; coarser grids are anti-aliased from them
 _ORIENTATIONS = ("RAS", "LPS", "RAS", "PIR", "RAS", "LAS", "RAS", "ASL")  # subject i uses entry i % 8
 _SLAB = 16  # output slices resampled at once (bounds memory at 1 mm)
 _FIELD_ORDER = 3  # cosine basis functions per axis in the smooth fields
 _DIRS = ("imagesTr", "labelsTr", "lesionsTr")
+_VENTRICLE = 4  # atlas-only label value: CSF of the lateral ventricles (written as 1, CSF)
+_VENTRICLE_DEPTH_MM = 12.0
+_VENTRICLE_BOX_MM = ((-36.0, 36.0), (-62.0, 34.0), (-6.0, 32.0))  # MNI x, y, z ranges holding the lateral ventricles
+LESION_PRIORS = ("anywhere", "periventricular")
 
 
 @dataclass(frozen=True)
@@ -46,7 +50,7 @@ class _Atlas:
 
     ``t1`` ``(X, Y, Z)`` float32 relative T1 intensity (0..1); ``label`` ``(X, Y, Z)`` uint8 tissue labels
     (0 background, 1 CSF, 2 GM, 3 WM): inside the brain mask, argmax of (CSF = 1 - GM - WM, GM, WM)
-    probabilities; ``affine`` ``(4, 4)`` voxel -> MNI world mm, RAS+, axis-aligned.
+    probabilities, with the lateral ventricles' CSF marked ``_VENTRICLE`` (4); ``affine`` ``(4, 4)`` voxel -> MNI world mm, RAS+, axis-aligned.
     """
 
     t1: np.ndarray
@@ -83,7 +87,33 @@ def _load_atlas(resolution_mm: float) -> _Atlas:
     csf = np.clip(1.0 - gm - wm, 0.0, 1.0)
     tissue = 1 + np.argmax(np.stack([csf, gm, wm]), axis=0)
     label = np.where(brain >= 0.5, tissue, 0).astype(np.uint8)
+    label[_lateral_ventricles(label, affine)] = _VENTRICLE
     return _Atlas(t1, label, affine)
+
+
+def _lateral_ventricles(label: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """``(X, Y, Z)`` bool: the lateral ventricles of the template (MNI space), for periventricular lesions.
+
+    The largest connected region of CSF that lies at least ``_VENTRICLE_DEPTH_MM`` inside the brain and within
+    the MNI box ``_VENTRICLE_BOX_MM`` (which leaves out the Sylvian fissures and the interhemispheric fissure
+    above the corpus callosum).
+    """
+    from scipy import ndimage
+
+    spacing = np.abs(np.diag(affine)[:3])
+    depth = ndimage.distance_transform_edt(label > 0, sampling=spacing)
+    axes = [affine[d, d] * np.arange(label.shape[d]) + affine[d, 3] for d in range(3)]
+    (x0, x1), (y0, y1), (z0, z1) = _VENTRICLE_BOX_MM
+    in_box = (
+        ((axes[0] >= x0) & (axes[0] <= x1))[:, None, None]
+        & ((axes[1] >= y0) & (axes[1] <= y1))[None, :, None]
+        & ((axes[2] >= z0) & (axes[2] <= z1))[None, None, :]
+    )
+    parts, count = ndimage.label((label == 1) & (depth >= _VENTRICLE_DEPTH_MM) & in_box)
+    if count == 0:
+        raise RuntimeError("the MNI152 template has no deep CSF where the lateral ventricles should be")
+    sizes = np.bincount(parts.ravel())[1:]
+    return parts == 1 + int(np.argmax(sizes))
 
 
 def _atlas(resolution_mm: float) -> _Atlas:
@@ -141,8 +171,12 @@ def _has_lesions(seed: int, index: int) -> bool:
     return index % 2 == int(np.random.default_rng([seed, index // 2, 1]).integers(2))
 
 
-def _subject(index: int, seed: int, resolution_mm: float, reorient: bool) -> dict:
+def _subject(index: int, seed: int, resolution_mm: float, reorient: bool, lesion_prior: str = "anywhere") -> dict:
     """Synthesise subject ``index``. Returns stored-orientation arrays, their affine and the lesion list.
+
+    ``lesion_prior`` is one of ``LESION_PRIORS``: "anywhere" (grey or white matter, any shape and contrast) or
+    "periventricular" (T1-dark ovoids in the white matter beside the lateral ventricles, long axis pointing away
+    from them, as multiple-sclerosis lesions are).
 
     Returns a dict: ``image`` (X, Y, Z) int16, ``label`` (X, Y, Z) uint8, ``lesion_index`` (X, Y, Z) uint8
     (k + 1 inside lesion k), ``affine`` (4, 4) float64, ``orientation`` str, ``lesions`` int.
@@ -206,11 +240,17 @@ def _subject(index: int, seed: int, resolution_mm: float, reorient: bool) -> dic
         # intensities linearly, labels by nearest neighbour (from the anti-aliased probability maps' argmax)
         t1[sl] = ndimage.map_coordinates(t1_src, coords, order=1, mode="constant", cval=0.0, prefilter=False)
         label[sl] = ndimage.map_coordinates(atlas.label, coords, order=0, mode="constant", cval=0, prefilter=False)
+    ventricles = label == _VENTRICLE
+    label[ventricles] = 1
     brain = label > 0
 
     lesions = []
     if _has_lesions(seed, index):
-        lesions = place_lesions(rng, label, brain, spacing, count=int(rng.integers(1, 4)))
+        count = int(rng.integers(1, 4))
+        if lesion_prior == "periventricular":
+            lesions = place_periventricular_lesions(rng, label, brain, ventricles, spacing, count)
+        else:
+            lesions = place_lesions(rng, label, brain, spacing, count)
     lesion_index = render_lesions(t1, brain, spacing, lesions)
 
     signal = scale * np.clip(t1, 0.0, None) ** gamma * np.exp(bias(*axes)[0])
@@ -246,11 +286,13 @@ def _save(array: np.ndarray, affine: np.ndarray, path: Path) -> None:
     write_nifti(path, array, affine)
 
 
-def _build_one(out_dir: str, index: int, seed: int, resolution_mm: float, reorient: bool, width: int) -> dict:
+def _build_one(
+    out_dir: str, index: int, seed: int, resolution_mm: float, reorient: bool, width: int, lesion_prior: str
+) -> dict:
     """Synthesise and write subject ``index``; return its dataset.json entry plus ``orientation``/``shape``/``spacing``."""
     from medjax.data.image import spacing_from_affine
 
-    s = _subject(index, seed, resolution_mm, reorient)
+    s = _subject(index, seed, resolution_mm, reorient, lesion_prior)
     sid = f"sub-{index:0{width}d}"
     out = Path(out_dir)
     _save(s["image"], s["affine"], out / "imagesTr" / f"{sid}.nii.gz")
@@ -279,6 +321,7 @@ def build_demo(
     workers: int = 1,
     *,
     reorient: bool = True,
+    lesion_prior: str = "anywhere",
 ) -> str:
     """Build the demo dataset in ``out_dir`` and return the path of its ``dataset.json``.
 
@@ -290,6 +333,11 @@ def build_demo(
         ``(96, 113, 90)`` voxels per subject, 1 mm about ``(190, 225, 180)``); one axis is often 1.3-2x coarser.
       workers: processes to build subjects in parallel (1 builds in this process).
       reorient: store subjects in varied orientations (``RAS``, ``LPS``, ``PIR``, ``LAS``, ``ASL``); False keeps RAS.
+      lesion_prior: where lesions go and how they look, one of ``LESION_PRIORS``. "anywhere" (the default):
+        ellipsoids of any orientation, 3-15 mm, bright or dark, centred in white (70%) or grey matter, independent
+        of the anatomy around them. "periventricular": T1-dark ovoids (semi-axes 3-5 mm across, 4-11 mm long)
+        in the white matter next to the lateral ventricles, the long axis along the normal of the ventricle
+        wall, so that the anatomy predicts where a lesion can be.
     """
     from medjax.errors import ConfigError
 
@@ -297,12 +345,14 @@ def build_demo(
         raise ConfigError(f"demo: subjects must be >= 1, got {subjects}")
     if not 0.5 <= float(resolution_mm) <= 8.0:
         raise ConfigError(f"demo: resolution_mm must be between 0.5 and 8 mm, got {resolution_mm}")
+    if lesion_prior not in LESION_PRIORS:
+        raise ConfigError(f"demo: lesion_prior must be one of {', '.join(LESION_PRIORS)}, got {lesion_prior!r}")
     subjects, workers = int(subjects), max(1, int(workers))
     out = Path(out_dir)
     for d in _DIRS:
         (out / d).mkdir(parents=True, exist_ok=True)
     width = max(3, len(str(subjects - 1)))
-    args = [(str(out), i, int(seed), float(resolution_mm), bool(reorient), width) for i in range(subjects)]
+    args = [(str(out), i, int(seed), float(resolution_mm), bool(reorient), width, lesion_prior) for i in range(subjects)]
     if workers == 1 or subjects == 1:
         entries = [_build_one(*a) for a in args]
     else:
@@ -332,7 +382,7 @@ def build_demo(
         "training": entries,
         "test": [],
         "medjax_demo": {"seed": int(seed), "subjects": subjects, "resolution_mm": float(resolution_mm),
-                        "reorient": bool(reorient)},
+                        "reorient": bool(reorient), "lesion_prior": lesion_prior},
     }
     path = out / "dataset.json"
     tmp = out / "dataset.json.tmp"

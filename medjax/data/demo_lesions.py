@@ -1,4 +1,4 @@
-"""Synthetic lesions for the demo dataset: soft-edged ellipsoids placed inside the brain.
+"""Synthetic lesions for the demo dataset: soft-edged ellipsoids placed inside the brain, anywhere or periventricular.
 
 All positions here are on one voxel grid (the subject's canonical RAS grid before reorientation), with
 ``spacing`` in millimetres per voxel. Intensities are on the template's relative scale (white matter ~0.8-0.9,
@@ -14,6 +14,7 @@ import numpy as np
 _EDGE_MM = 1.0  # width of the soft lesion border in the image, mm
 _MIN_INSIDE = 0.8  # a lesion must lie at least this much inside the brain mask
 _TRIES = 40
+_MAX_IN_AVOID = 0.2  # a periventricular lesion may reach into the ventricle by at most this fraction
 
 
 @dataclass(frozen=True)
@@ -82,14 +83,83 @@ def place_lesions(
             hyper = rng.random() < 0.5
             intensity = float(rng.uniform(1.1, 1.5) if hyper else rng.uniform(0.08, 0.35))
             e = Ellipsoid(centre, radii, _random_rotation(rng), intensity)
-            sl, r = _local_radius(e, shape, spacing, margin_mm=2 * _EDGE_MM)
-            inside = r <= 1.0
-            if brain[sl][inside].mean() < _MIN_INSIDE or taken[sl][r <= 1.3].any():
-                continue
-            taken[sl] |= inside
-            lesions.append(e)
-            break
+            if _claim(e, brain, taken, spacing):
+                lesions.append(e)
+                break
     return lesions
+
+
+def _claim(e: Ellipsoid, brain: np.ndarray, taken: np.ndarray, spacing: np.ndarray, avoid=None) -> bool:
+    """Mark ``e``'s voxels in ``taken`` and return True if it lies inside the brain, clear of earlier lesions.
+
+    ``avoid`` (optional ``(X, Y, Z)`` bool) is a region the lesion may overlap by at most ``_MAX_IN_AVOID``.
+    """
+    sl, r = _local_radius(e, brain.shape, spacing, margin_mm=2 * _EDGE_MM)
+    inside = r <= 1.0
+    if brain[sl][inside].mean() < _MIN_INSIDE or taken[sl][r <= 1.3].any():
+        return False
+    if avoid is not None and avoid[sl][inside].mean() > _MAX_IN_AVOID:
+        return False
+    taken[sl] |= inside
+    return True
+
+
+def place_periventricular_lesions(
+    rng: np.random.Generator, label: np.ndarray, brain: np.ndarray, ventricles: np.ndarray, spacing, count: int
+) -> list[Ellipsoid]:
+    """Draw ``count`` non-overlapping T1-dark ovoids in the white matter beside the lateral ventricles.
+
+    Each lesion's long semi-axis (4-11 mm) points along the normal of the nearest ventricle wall (the gradient
+    of the distance to the ventricles) and its centre lies 0.6-1.1 long semi-axes from the wall, so the ovoid
+    reaches towards the ventricle, as periventricular multiple-sclerosis lesions do. The two short semi-axes are
+    3-5 mm. Core intensity is 0.25-0.45, between CSF and grey matter (a T1 "black hole").
+
+    Args:
+      rng: the subject's generator.
+      label: ``(X, Y, Z)`` tissue labels (0 background, 1 CSF, 2 GM, 3 WM).
+      brain: ``(X, Y, Z)`` bool brain mask.
+      ventricles: ``(X, Y, Z)`` bool lateral-ventricle CSF on the same grid.
+      spacing: ``(3,)`` voxel size in mm.
+      count: number of lesions wanted (1-3). Fewer are returned only if no room is found.
+    """
+    from scipy import ndimage
+
+    spacing = np.asarray(spacing, dtype=np.float64)
+    if not ventricles.any():
+        return place_lesions(rng, label, brain, spacing, count)  # a grid too coarse to hold the ventricles
+    distance = ndimage.distance_transform_edt(~ventricles, sampling=spacing)  # mm to the nearest ventricle voxel
+    normal = np.stack(np.gradient(distance, *spacing))  # (3, X, Y, Z), points away from the ventricles
+    white = label == 3
+    taken = np.zeros(label.shape, dtype=bool)
+    lesions: list[Ellipsoid] = []
+    for _ in range(count):
+        for _ in range(_TRIES):
+            short = rng.uniform(3.0, 5.0, size=2)
+            long = float(np.clip(short.max() * rng.uniform(1.4, 2.2), 4.0, 11.0))
+            pool = np.flatnonzero(white & (distance >= 0.6 * long) & (distance <= 1.1 * long))
+            if pool.size == 0:
+                continue
+            centre = np.array(np.unravel_index(rng.choice(pool), label.shape))
+            axis = normal[(slice(None), *centre)]
+            e = Ellipsoid(
+                centre, np.array([long, *short]), _frame_along(axis, rng), float(rng.uniform(0.25, 0.45))
+            )
+            if _claim(e, brain, taken, spacing, avoid=ventricles):
+                lesions.append(e)
+                break
+    return lesions
+
+
+def _frame_along(axis: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """``(3, 3)`` right-handed orthonormal columns, the first along ``axis``, the other two turned at random about it."""
+    first = axis / np.linalg.norm(axis) if np.linalg.norm(axis) > 1e-6 else _random_rotation(rng)[:, 0]
+    helper = np.eye(3)[int(np.argmin(np.abs(first)))]
+    second = np.cross(first, helper)
+    second /= np.linalg.norm(second)
+    third = np.cross(first, second)
+    turn = rng.uniform(0.0, 2.0 * np.pi)
+    second, third = np.cos(turn) * second + np.sin(turn) * third, -np.sin(turn) * second + np.cos(turn) * third
+    return np.stack([first, second, third], axis=1)
 
 
 def render_lesions(image: np.ndarray, brain: np.ndarray, spacing, lesions: list[Ellipsoid]) -> np.ndarray:
