@@ -1,4 +1,4 @@
-"""benchmarks/anatomy_only_probe.py: tissue-map features per window, on the same windows as `medjax probe`."""
+"""benchmarks/anatomy_only_probe.py: tissue-map features per window, on the same windows and fits as `medjax probe`."""
 
 from __future__ import annotations
 
@@ -46,11 +46,11 @@ def test_same_windows_and_targets_as_the_probe(script, tmp_path, capsys):
     from medjax.config import load_config
     from medjax.data.demo import build_demo
     from medjax.finetune.loop import split_records
-    from medjax.finetune.probe import prepare
+    from medjax.finetune.probe import prepare, probe_grid
 
     build_demo(tmp_path, subjects=4, lesion_prior="periventricular")
-    overrides = [f"data.dir={tmp_path}", "model.variant=Ti/4", "data.crop_size=32,32", "finetune.val_records=2"]
-    assert script.main(["--config", "demo_cls2d", "--set", *overrides]) == 0
+    overrides = [f"data.dir={tmp_path}", "model.variant=Mu/4", "data.crop_size=32,32", "finetune.val_records=2"]
+    assert script.main(["--config", "demo_cls2d", "--random-init", "0", "--set", *overrides]) == 0
     out = json.loads(capsys.readouterr().out)
     cfg = load_config("demo_cls2d", overrides)
     train, held_out = split_records(cfg)
@@ -62,3 +62,9 @@ def test_same_windows_and_targets_as_the_probe(script, tmp_path, capsys):
     assert out["window"]["n"] == out["held_out"]["windows"]
     assert out["held_out"]["window_positives"] > 0 and 0.0 <= out["window"]["auroc"] <= 1.0
     assert len(out["features"]) == 6
+    # the encoder alone is exactly `medjax probe --random-init`'s linear, mean-pooled window probe
+    (enc,) = out["encoders"]
+    assert enc["encoder"] == "random-init" and enc["seed"] == 0
+    reference = probe_grid(cfg, random_init=True, seeds=(0,))[0]["random_init"]["runs"][0]["metrics"]["window"]
+    assert enc["alone"] == reference
+    assert enc["with_anatomy"]["n"] == out["window"]["n"] and 0.0 <= enc["with_anatomy"]["auroc"] <= 1.0
