@@ -4,6 +4,8 @@ from __future__ import annotations
 
 
 def register(subparsers) -> None:
+    from medjax.data.demo import LESION_PRIORS
+
     p = subparsers.add_parser(
         "demo",
         help="build a synthetic multi-subject brain MRI dataset (MSD layout) offline",
@@ -22,7 +24,7 @@ def register(subparsers) -> None:
     p.add_argument("--no-reorient", action="store_true", help="store every subject in RAS orientation")
     p.add_argument(
         "--lesions",
-        choices=("anywhere", "periventricular"),
+        choices=LESION_PRIORS,
         default="anywhere",
         help="lesion placement: 'anywhere' (default; grey or white matter, bright or dark, 3-15 mm, independent of "
         "the anatomy) or 'periventricular' (T1-dark ovoids beside the lateral ventricles, pointing away from them)",
